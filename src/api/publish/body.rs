@@ -1,0 +1,249 @@
+//! Publish bodies: JSON (one event or an array, all or nothing) and form-encoded
+//! (`curl -d stream=…&data=…`), parsed into validated [`NewEvent`]s.
+//!
+//! A string `data` is sent as is; any other JSON value is sent as compact JSON,
+//! preserving the publisher's key order and number spelling.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::LimitsConfig;
+use crate::error::ApiError;
+use crate::event::{EventType, NewEvent};
+use crate::stream::StreamName;
+
+/// Limits that apply to a parsed body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_event_bytes: usize,
+    pub max_batch_events: usize,
+}
+
+impl From<&LimitsConfig> for BodyLimits {
+    fn from(limits: &LimitsConfig) -> Self {
+        Self {
+            max_event_bytes: limits.max_event_bytes,
+            max_batch_events: limits.max_batch_events,
+        }
+    }
+}
+
+/// A validated publish request.
+#[derive(Debug)]
+pub struct PublishBody {
+    pub events: Vec<NewEvent>,
+    /// Whether the request was an array (answered with `{"ids"}`).
+    pub is_batch: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonEvent<'a> {
+    stream: String,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Parses and validates a whole body.
+///
+/// # Errors
+/// `400` for malformed bodies, names or types; `413` past the size limits.
+pub fn parse_body(content_type: Option<&str>, body: &[u8], limits: &BodyLimits) -> Result<PublishBody, ApiError> {
+    let is_form = content_type
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    let parsed = if is_form { parse_form(body)? } else { parse_json(body)? };
+    if parsed.events.is_empty() {
+        return Err(ApiError::InvalidRequest("the batch holds no events".to_owned()));
+    }
+    if parsed.events.len() > limits.max_batch_events {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "a batch holds at most {} events (limits.max_batch_events)",
+            limits.max_batch_events
+        )));
+    }
+    if let Some(event) = parsed.events.iter().find(|event| event.data.len() > limits.max_event_bytes) {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "event data of {} bytes exceeds limits.max_event_bytes ({})",
+            event.data.len(),
+            limits.max_event_bytes
+        )));
+    }
+    Ok(parsed)
+}
+
+fn parse_json(body: &[u8]) -> Result<PublishBody, ApiError> {
+    let invalid = |error: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {error}"));
+    let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let raw: Vec<JsonEvent<'_>> = if is_batch {
+        serde_json::from_slice(body).map_err(invalid)?
+    } else {
+        vec![serde_json::from_slice(body).map_err(invalid)?]
+    };
+    let events = raw
+        .into_iter()
+        .map(|event| {
+            let data = match serde_json::from_str::<String>(event.data.get()) {
+                Ok(text) => text,
+                Err(_) => compact_json(event.data.get()),
+            };
+            new_event(&event.stream, event.event.as_deref(), data)
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PublishBody { events, is_batch })
+}
+
+fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
+    let (mut stream, mut event, mut data) = (None, None, None);
+    for (key, value) in form_urlencoded::parse(body) {
+        let slot = match &*key {
+            "stream" => &mut stream,
+            "event" => &mut event,
+            "data" => &mut data,
+            other => return Err(ApiError::InvalidRequest(format!("unknown form field `{other}`"))),
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(ApiError::InvalidRequest(format!("form field `{key}` appears twice")));
+        }
+    }
+    let missing = |field| ApiError::InvalidRequest(format!("form field `{field}` is required"));
+    let stream = stream.ok_or_else(|| missing("stream"))?;
+    let data = data.ok_or_else(|| missing("data"))?;
+    Ok(PublishBody {
+        events: vec![new_event(&stream, event.as_deref(), data)?],
+        is_batch: false,
+    })
+}
+
+/// An empty `event` means untyped (browsers dispatch it to `onmessage`).
+fn new_event(stream: &str, event_type: Option<&str>, data: String) -> Result<NewEvent, ApiError> {
+    Ok(NewEvent {
+        stream: StreamName::try_new(stream)?,
+        event_type: event_type.filter(|t| !t.is_empty()).map(EventType::try_new).transpose()?,
+        data,
+    })
+}
+
+/// Removes insignificant whitespace from already-validated JSON text. Hand-written
+/// because re-serialising through `serde_json::Value` would reorder keys and round
+/// large numbers.
+fn compact_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for ch in text.chars() {
+        if in_string {
+            out.push(ch);
+            match (escaped, ch) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if ch == '"' {
+            in_string = true;
+            out.push(ch);
+        } else if !matches!(ch, ' ' | '\t' | '\n' | '\r') {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMITS: BodyLimits = BodyLimits {
+        max_event_bytes: 64,
+        max_batch_events: 3,
+    };
+
+    fn json(body: &str) -> Result<PublishBody, ApiError> {
+        parse_body(Some("application/json"), body.as_bytes(), &LIMITS)
+    }
+
+    #[test]
+    fn string_data_is_sent_as_is_and_other_json_compactly_in_order() {
+        let parsed = json(r#"{"stream":"a","data":"line1\nline2"}"#).unwrap();
+        assert_eq!(parsed.events[0].data, "line1\nline2");
+        assert!(!parsed.is_batch);
+        let parsed = json(r#"{"stream":"a","event":"t","data":{ "z" : [1, 2.50], "a": "x y" }}"#).unwrap();
+        assert_eq!(parsed.events[0].data, r#"{"z":[1,2.50],"a":"x y"}"#);
+        assert_eq!(parsed.events[0].event_type.as_ref().unwrap().as_str(), "t");
+    }
+
+    #[test]
+    fn batches_are_validated_as_a_whole() {
+        let parsed = json(r#"[{"stream":"a","data":1},{"stream":"b","data":null}]"#).unwrap();
+        assert!(parsed.is_batch);
+        assert_eq!(parsed.events[1].data, "null");
+        assert!(json(r#"[{"stream":"a","data":1},{"stream":"b c","data":1}]"#).is_err());
+        assert!(matches!(json("[]"), Err(ApiError::InvalidRequest(_))));
+        let four = r#"[{"stream":"a","data":1},{"stream":"a","data":1},{"stream":"a","data":1},{"stream":"a","data":1}]"#;
+        assert!(matches!(json(four), Err(ApiError::PayloadTooLarge(_))));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_a_reason() {
+        for body in [
+            "",
+            "not json",
+            r#"{"stream":"a"}"#,
+            r#"{"data":"x"}"#,
+            r#"{"stream":"a","data":"x","id":"5"}"#,
+            r#"{"stream":"a","data":"x","event":"gap"}"#,
+            r#"{"stream":"a","data":"x","event":"a\nb"}"#,
+        ] {
+            assert!(json(body).is_err(), "{body}");
+        }
+        let too_big = format!(r#"{{"stream":"a","data":"{}"}}"#, "x".repeat(65));
+        assert!(matches!(json(&too_big), Err(ApiError::PayloadTooLarge(_))));
+    }
+
+    #[test]
+    fn forms_carry_one_event() {
+        let form = |body: &str| parse_body(Some("application/x-www-form-urlencoded"), body.as_bytes(), &LIMITS);
+        let parsed = form("stream=a&event=t&data=hello+world%0Aline").unwrap();
+        assert_eq!(parsed.events[0].data, "hello world\nline");
+        assert!(form("stream=a").is_err());
+        assert!(form("stream=a&data=1&data=2").is_err());
+        assert!(form("stream=a&data=1&extra=2").is_err());
+        assert!(form("stream=a&data=1&event=").unwrap().events[0].event_type.is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn compaction_preserves_the_json_value(value in arb_json()) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let compact = compact_json(&pretty);
+            prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(&compact).unwrap(), &value);
+            prop_assert_eq!(compact, serde_json::to_string(&value).unwrap());
+        }
+
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256), form in any::<bool>()) {
+            let content_type = if form { "application/x-www-form-urlencoded" } else { "application/json" };
+            let _ = parse_body(Some(content_type), &body, &LIMITS);
+        }
+    }
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "(\\PC| |\"|\\\\|\n|\t){0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z ]{0,4}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! `POST /events`: publish one event or a batch.
+
+mod body;
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use super::authenticate;
+use crate::app::AppState;
+use crate::auth::AuthError;
+use crate::auth::extract::TokenSources;
+use crate::error::ApiError;
+use crate::metrics as m;
+
+pub use body::{BodyLimits, PublishBody, parse_body};
+
+/// Authenticates, reads and validates the whole body, checks the `publish` claim
+/// for every event, then hands the batch to the backend. Replies `{"id"}` or
+/// `{"ids"}` once the events are in the replay history.
+pub async fn publish_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = publish(&state, &headers, query.as_deref(), body).await;
+    if let Err(error) = &result {
+        metrics::counter!(m::PUBLISH_REJECTIONS, "reason" => error.reason()).increment(1);
+    }
+    result
+}
+
+async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, body: Body) -> Result<Response, ApiError> {
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining);
+    }
+    let verified = authenticate(state, headers, query, TokenSources { cookie_name: None })?;
+    let limits = &state.config.limits;
+    let bytes = read_body(body, limits.max_body_bytes, state.config.server.request_timeout).await?;
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let PublishBody { events, is_batch } = parse_body(content_type, &bytes, &BodyLimits::from(limits))?;
+    if !events.iter().all(|event| verified.claims.may_publish(&event.stream)) {
+        return Err(AuthError::StreamNotPermitted.into());
+    }
+    let started = Instant::now();
+    let count = events.len() as u64;
+    let ids = state.backend.publish(events).await?;
+    metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+    metrics::counter!(m::EVENTS_PUBLISHED).increment(count);
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let reply = match (is_batch, ids.as_slice()) {
+        (false, [id]) => json!({ "id": id }),
+        _ => json!({ "ids": ids }),
+    };
+    Ok(Json(reply).into_response())
+}
+
+/// Reads the body within the size limit and the request timeout (slow senders
+/// must not hold a connection forever).
+async fn read_body(body: Body, max_bytes: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_bytes)).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge(format!(
+            "request body exceeds limits.max_body_bytes ({max_bytes} bytes)"
+        ))),
+        Ok(Err(_)) => Err(ApiError::InvalidRequest("request body could not be read".to_owned())),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}

@@ -1,0 +1,181 @@
+//! `GET /events?stream=A&stream=B`: open an event stream.
+
+use axum::extract::{RawQuery, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::authenticate;
+use crate::app::AppState;
+use crate::auth::AuthError;
+use crate::auth::extract::TokenSources;
+use crate::backend::Resume;
+use crate::error::ApiError;
+use crate::event::EventId;
+use crate::metrics as m;
+use crate::stream::StreamName;
+use crate::subscription::{Subscription, SubscriptionRequest};
+
+/// Header browsers send when they reconnect.
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// Authenticates, checks every stream against the `subscribe` claim and the limits,
+/// then streams replay and live events.
+pub async fn open_subscription(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let result = open(&state, &headers, query.as_deref()).await;
+    if let Err(error) = &result {
+        metrics::counter!(m::CONNECTIONS_REJECTED, "reason" => error.reason()).increment(1);
+    }
+    result
+}
+
+async fn open(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Response, ApiError> {
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining);
+    }
+    let sources = TokenSources {
+        cookie_name: Some(&state.config.auth.cookie_name),
+    };
+    let verified = authenticate(state, headers, query, sources)?;
+    let params = SubscribeParams::parse(query, state.config.limits.max_streams_per_connection)?;
+    if !params.streams.iter().all(|stream| verified.claims.may_subscribe(stream)) {
+        return Err(AuthError::StreamNotPermitted.into());
+    }
+    let slot = state.connections.try_acquire().ok_or(ApiError::ConnectionLimit)?;
+    let resume = header_resume(headers).or(params.resume);
+    let close_at = verified
+        .expires_at
+        .filter(|_| state.config.auth.close_on_expiry)
+        .map(|at| at + state.config.auth.leeway);
+    let request = SubscriptionRequest {
+        streams: params.streams,
+        resume,
+        close_at,
+    };
+    let subscription = Subscription::open(
+        state.backend.clone(),
+        &state.registry,
+        request,
+        state.stream_timing(),
+        state.shutdown.token().clone(),
+        slot,
+    )
+    .await?;
+    let headers = [
+        (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+    ];
+    Ok((headers, subscription.into_body()).into_response())
+}
+
+/// The query of a subscribe request, validated.
+#[derive(Debug, PartialEq)]
+struct SubscribeParams {
+    streams: Vec<StreamName>,
+    resume: Option<Resume>,
+}
+
+impl SubscribeParams {
+    /// Reads `stream` (repeated; duplicates collapse) and `last_event_id`; other
+    /// parameters (`access_token`, cache busters) are ignored.
+    fn parse(query: Option<&str>, max_streams: usize) -> Result<Self, ApiError> {
+        let mut streams: Vec<StreamName> = Vec::new();
+        let mut resume = None;
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*key {
+                "stream" => {
+                    let stream = StreamName::try_new(&value)?;
+                    if !streams.contains(&stream) {
+                        if streams.len() == max_streams {
+                            return Err(ApiError::TooManyStreams { max: max_streams });
+                        }
+                        streams.push(stream);
+                    }
+                }
+                "last_event_id" => resume = parse_resume(&value),
+                _ => {}
+            }
+        }
+        if streams.is_empty() {
+            return Err(ApiError::NoStream);
+        }
+        Ok(Self { streams, resume })
+    }
+}
+
+fn header_resume(headers: &HeaderMap) -> Option<Resume> {
+    let value = headers.get(LAST_EVENT_ID)?;
+    match value.to_str() {
+        Ok(text) => parse_resume(text),
+        Err(_) => Some(Resume::Unrecognised),
+    }
+}
+
+/// An empty id means "no resume" (browsers send none before the first event);
+/// anything we could not have issued is resumed with a gap notice.
+fn parse_resume(text: &str) -> Option<Resume> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    Some(text.parse::<EventId>().map_or(Resume::Unrecognised, Resume::After))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn streams_repeat_and_collapse() {
+        let params = SubscribeParams::parse(Some("stream=a&stream=b&stream=a&access_token=x"), 2).unwrap();
+        assert_eq!(params.streams.len(), 2);
+        assert_eq!(params.resume, None);
+    }
+
+    #[test]
+    fn percent_encoding_is_decoded_before_validation() {
+        let params = SubscribeParams::parse(Some("stream=prices%2Eeur%3Ausd"), 4).unwrap();
+        assert_eq!(params.streams[0].as_str(), "prices.eur:usd");
+        assert!(matches!(
+            SubscribeParams::parse(Some("stream=a%2Fb"), 4),
+            Err(ApiError::InvalidStreamName(_))
+        ));
+    }
+
+    #[test]
+    fn missing_too_many_and_reserved_streams_are_refused() {
+        assert!(matches!(SubscribeParams::parse(None, 4), Err(ApiError::NoStream)));
+        assert!(matches!(SubscribeParams::parse(Some("stream="), 4), Err(ApiError::InvalidStreamName(_))));
+        assert!(matches!(
+            SubscribeParams::parse(Some("stream=a&stream=b&stream=c"), 2),
+            Err(ApiError::TooManyStreams { max: 2 })
+        ));
+        assert!(matches!(SubscribeParams::parse(Some("stream=*"), 4), Err(ApiError::InvalidStreamName(_))));
+    }
+
+    #[test]
+    fn last_event_ids_parse_or_are_unrecognised() {
+        assert_eq!(parse_resume("42"), Some(Resume::After(EventId::from_u64(42))));
+        assert_eq!(parse_resume(""), None);
+        assert_eq!(parse_resume("abc"), Some(Resume::Unrecognised));
+    }
+
+    proptest! {
+        #[test]
+        fn query_parsing_never_panics(query in "\\PC{0,200}") {
+            let _ = SubscribeParams::parse(Some(&query), 8);
+        }
+
+        #[test]
+        fn resume_parsing_never_panics(text in "\\PC{0,40}") {
+            let _ = parse_resume(&text);
+        }
+    }
+}

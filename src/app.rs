@@ -1,0 +1,117 @@
+//! `AppState` (a cheap `Clone` handle) and `router()`: every route and layer in one place.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method, Request, header};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::api::{health, publish, subscribe};
+use crate::auth::Verifier;
+use crate::auth::extract::redacted_query;
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::error;
+use crate::metrics;
+use crate::shutdown::Shutdown;
+use crate::stream::StreamRegistry;
+use crate::subscription::{ConnectionLimiter, StreamTiming};
+
+/// Everything a handler needs; clones share the same node.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub verifier: Arc<Verifier>,
+    pub backend: Arc<dyn Backend>,
+    pub registry: Arc<StreamRegistry>,
+    pub connections: Arc<ConnectionLimiter>,
+    pub shutdown: Shutdown,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    pub fn stream_timing(&self) -> StreamTiming {
+        StreamTiming {
+            heartbeat: self.config.server.heartbeat_interval,
+            retry: self.config.server.retry,
+        }
+    }
+}
+
+/// The public router: events, health, and `/metrics` unless it has its own address.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route(
+            "/events",
+            get(subscribe::open_subscription).post(publish::publish_events),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    if state.config.metrics.enabled && state.config.metrics.addr.is_none() {
+        router = router.route("/metrics", get(metrics::render_metrics));
+    }
+    let cors = cors_layer(&state.config);
+    let router = router
+        .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(trace_layer())
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// The router of the separate metrics listener (`metrics.addr`).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::render_metrics))
+        .fallback(error::not_found)
+        .with_state(state)
+}
+
+/// Request spans carry the path and the query with `access_token` redacted.
+fn trace_layer() -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&Request<axum::body::Body>) -> tracing::Span + Clone,
+> {
+    TraceLayer::new_for_http().make_span_with(|request: &Request<axum::body::Body>| {
+        tracing::info_span!(
+            "http",
+            method = %request.method(),
+            path = %request.uri().path(),
+            query = %redacted_query(request.uri().query()),
+        )
+    })
+}
+
+/// CORS stays closed unless `cors.allowed_origins` lists origins.
+fn cors_layer(config: &Config) -> Option<CorsLayer> {
+    let cors = &config.cors;
+    if cors.allowed_origins.is_empty() {
+        return None;
+    }
+    let origins = if cors.allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            cors.allowed_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("last-event-id"),
+            ])
+            .allow_credentials(cors.allow_credentials),
+    )
+}

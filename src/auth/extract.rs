@@ -1,0 +1,140 @@
+//! Finds the access token in a request: `Authorization: Bearer`, then the
+//! `access_token` query parameter (browsers' `EventSource` cannot set headers), then
+//! a cookie (subscribe only: a cookie is sent by browsers on cross-site form posts,
+//! so accepting it for publishing would invite cross-site request forgery).
+
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, COOKIE};
+
+use super::AuthError;
+
+/// The query parameter that may carry a token.
+pub const ACCESS_TOKEN_PARAM: &str = "access_token";
+
+/// Where a token may be looked for.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenSources<'a> {
+    /// Name of the cookie to read, or `None` to ignore cookies.
+    pub cookie_name: Option<&'a str>,
+}
+
+/// Returns the request's token.
+///
+/// # Errors
+/// [`AuthError::MissingToken`] when none is present; [`AuthError::MalformedToken`]
+/// when an `Authorization` header is present but not a bearer token.
+pub fn find_token(headers: &HeaderMap, query: Option<&str>, sources: TokenSources<'_>) -> Result<String, AuthError> {
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        return bearer(value.to_str().map_err(|_| AuthError::MalformedToken)?);
+    }
+    if let Some(token) = query.and_then(query_token) {
+        return Ok(token);
+    }
+    if let Some(name) = sources.cookie_name
+        && let Some(token) = cookie_token(headers, name)
+    {
+        return Ok(token);
+    }
+    Err(AuthError::MissingToken)
+}
+
+fn bearer(value: &str) -> Result<String, AuthError> {
+    let (scheme, token) = value.trim_start().split_once(' ').ok_or(AuthError::MalformedToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::MalformedToken);
+    }
+    match token.trim() {
+        "" => Err(AuthError::MissingToken),
+        token => Ok(token.to_owned()),
+    }
+}
+
+fn query_token(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, value)| key == ACCESS_TOKEN_PARAM && !value.is_empty())
+        .map(|(_, value)| value.into_owned())
+}
+
+fn cookie_token(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, value)| *key == name && !value.is_empty())
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+}
+
+/// The query string with the value of `access_token` replaced, for logs.
+pub fn redacted_query(query: Option<&str>) -> String {
+    let Some(query) = query else {
+        return String::new();
+    };
+    query
+        .split('&')
+        .map(|pair| {
+            // Compare the decoded key: `access%5Ftoken` is the same parameter.
+            let is_token = form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_some_and(|(key, _)| key == ACCESS_TOKEN_PARAM);
+            if is_token { "access_token=<redacted>" } else { pair }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    const SOURCES: TokenSources<'static> = TokenSources {
+        cookie_name: Some("sse_token"),
+    };
+
+    fn headers(pairs: &[(axum::http::header::HeaderName, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn header_wins_over_query_and_cookie() {
+        let h = headers(&[(AUTHORIZATION, "Bearer abc"), (COOKIE, "sse_token=ccc")]);
+        assert_eq!(find_token(&h, Some("access_token=qqq"), SOURCES).unwrap(), "abc");
+        let h = headers(&[(AUTHORIZATION, "bearer  abc ")]);
+        assert_eq!(find_token(&h, None, SOURCES).unwrap(), "abc");
+    }
+
+    #[test]
+    fn query_then_cookie() {
+        let h = headers(&[(COOKIE, "a=1; sse_token=ccc")]);
+        assert_eq!(find_token(&h, Some("stream=x&access_token=q%2Eq"), SOURCES).unwrap(), "q.q");
+        assert_eq!(find_token(&h, Some("stream=x"), SOURCES).unwrap(), "ccc");
+        let no_cookies = TokenSources { cookie_name: None };
+        assert_eq!(find_token(&h, None, no_cookies), Err(AuthError::MissingToken));
+    }
+
+    #[test]
+    fn query_tokens_are_redacted_for_logs() {
+        assert_eq!(
+            redacted_query(Some("stream=a&access_token=eyJ.secret.sig&x=1&access%5Ftoken=b")),
+            "stream=a&access_token=<redacted>&x=1&access_token=<redacted>"
+        );
+        assert_eq!(redacted_query(None), "");
+    }
+
+    #[test]
+    fn non_bearer_authorization_is_malformed() {
+        let h = headers(&[(AUTHORIZATION, "Basic dXNlcjpwYXNz")]);
+        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MalformedToken));
+        let h = headers(&[(AUTHORIZATION, "Bearer")]);
+        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MalformedToken));
+        let h = headers(&[(AUTHORIZATION, "Bearer  ")]);
+        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MissingToken));
+    }
+}

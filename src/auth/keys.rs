@@ -1,0 +1,331 @@
+//! Verification keys per algorithm, built from `[auth]`, and token verification.
+//!
+//! One key per enabled algorithm; a token is checked only with the key of the
+//! algorithm its header names, and only when that algorithm is enabled (so an RS256
+//! public key can never be used as an HS256 secret, and `none` never verifies).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{DecodingKey, Validation};
+
+use super::{AuthError, Claims};
+use crate::config::{Algorithm, AuthConfig, Secret};
+
+/// Where `serve` keeps a generated HS256 secret when none is configured.
+pub const DEFAULT_SECRET_FILE: &str = ".sse-gateway-secret";
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// A key that could not be loaded; names the configuration key, never the key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read `{key}` from {path}: {source}")]
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{key}` does not hold a valid {alg:?} key")]
+    Invalid { key: &'static str, alg: Algorithm },
+    #[error("HS256 is enabled but no secret is configured (set auth.hs256_secret or auth.hs256_secret_file)")]
+    MissingSecret,
+    #[error("the HS256 secret in `{key}` must be at least 32 bytes long")]
+    WeakSecret { key: &'static str },
+    #[error("cannot create the secret file {path}: {source}")]
+    Create { path: PathBuf, source: std::io::Error },
+}
+
+/// A verified token: its claims and when it expires.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Claims,
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Checks signatures and registered claims as `[auth]` says.
+pub struct Verifier {
+    keys: Vec<(jsonwebtoken::Algorithm, DecodingKey)>,
+    require_exp: bool,
+    validate_nbf: bool,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    leeway: Duration,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<_> = self.keys.iter().map(|(alg, _)| alg).collect();
+        f.debug_struct("Verifier").field("algorithms", &algorithms).finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Loads the key of every enabled algorithm.
+    ///
+    /// # Errors
+    /// [`KeyError`] when a key file is unreadable or not a key of its algorithm.
+    pub fn from_config(auth: &AuthConfig) -> Result<Self, KeyError> {
+        let mut keys = Vec::new();
+        for &alg in &auth.algorithms {
+            let key = match alg {
+                Algorithm::HS256 => {
+                    let secret = hs256_secret(auth)?.ok_or(KeyError::MissingSecret)?;
+                    DecodingKey::from_secret(secret.expose().as_bytes())
+                }
+                Algorithm::RS256 => load_pem(
+                    "auth.rs256_public_key_file",
+                    auth.rs256_public_key_file.as_deref(),
+                    alg,
+                    DecodingKey::from_rsa_pem,
+                )?,
+                Algorithm::ES256 => load_pem(
+                    "auth.es256_public_key_file",
+                    auth.es256_public_key_file.as_deref(),
+                    alg,
+                    DecodingKey::from_ec_pem,
+                )?,
+                Algorithm::EdDSA => load_pem(
+                    "auth.eddsa_public_key_file",
+                    auth.eddsa_public_key_file.as_deref(),
+                    alg,
+                    DecodingKey::from_ed_pem,
+                )?,
+            };
+            keys.push((alg.to_jwt(), key));
+        }
+        Ok(Self {
+            keys,
+            require_exp: auth.require_exp,
+            validate_nbf: auth.validate_nbf,
+            issuer: auth.issuer.clone(),
+            audience: auth.audience.clone(),
+            leeway: auth.leeway,
+        })
+    }
+
+    /// Verifies `token` and returns its claims.
+    ///
+    /// # Errors
+    /// [`AuthError`] naming why the token is not acceptable.
+    pub fn verify(&self, token: &str) -> Result<Verified, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TokenTooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::MalformedToken)?;
+        let (alg, key) = self
+            .keys
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg)).map_err(|error| map_jwt_error(&error))?;
+        let expires_at = data.claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        Ok(Verified {
+            claims: data.claims,
+            expires_at,
+        })
+    }
+
+    fn validation(&self, alg: jsonwebtoken::Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = self.validate_nbf;
+        validation.required_spec_claims.clear();
+        if self.require_exp {
+            validation.required_spec_claims.insert("exp".to_owned());
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        if self.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audience);
+        }
+        validation
+    }
+}
+
+fn map_jwt_error(error: &jsonwebtoken::errors::Error) -> AuthError {
+    match error.kind() {
+        ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+        ErrorKind::ImmatureSignature => AuthError::TokenNotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+        ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+        ErrorKind::Json(_) => AuthError::InvalidClaims,
+        _ => AuthError::MalformedToken,
+    }
+}
+
+fn load_pem(
+    key: &'static str,
+    path: Option<&Path>,
+    alg: Algorithm,
+    parse: fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>,
+) -> Result<DecodingKey, KeyError> {
+    let path = path.ok_or(KeyError::Invalid { key, alg })?;
+    let pem = std::fs::read(path).map_err(|source| KeyError::Read {
+        key,
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&pem).map_err(|_| KeyError::Invalid { key, alg })
+}
+
+/// The configured HS256 secret: `hs256_secret`, else the contents of
+/// `hs256_secret_file` (surrounding whitespace trimmed); `None` when neither is set.
+///
+/// # Errors
+/// [`KeyError`] when the file cannot be read or the secret is shorter than 32 bytes.
+pub fn hs256_secret(auth: &AuthConfig) -> Result<Option<Secret>, KeyError> {
+    if let Some(secret) = &auth.hs256_secret {
+        return Ok(Some(secret.clone()));
+    }
+    let Some(path) = &auth.hs256_secret_file else {
+        return Ok(None);
+    };
+    let key = "auth.hs256_secret_file";
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        key,
+        path: path.clone(),
+        source,
+    })?;
+    let secret = text.trim();
+    if secret.len() < 32 {
+        return Err(KeyError::WeakSecret { key });
+    }
+    Ok(Some(Secret::new(secret)))
+}
+
+/// Creates `path` with a fresh random secret (mode 0600) unless it exists.
+/// Returns whether it was created.
+///
+/// # Errors
+/// [`KeyError::Create`] when the file cannot be written.
+pub fn ensure_secret_file(path: &Path) -> Result<bool, KeyError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    let create_error = |source| KeyError::Create {
+        path: path.to_owned(),
+        source,
+    };
+    let mut bytes = [0_u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(create_error)?;
+    writeln!(file, "{hex}").map_err(create_error)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::mint::{SigningKey, mint};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn hs_config() -> AuthConfig {
+        AuthConfig {
+            hs256_secret: Some(Secret::new(SECRET)),
+            ..AuthConfig::default()
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    fn claims(exp: Option<u64>) -> Claims {
+        Claims {
+            sub: Some("t".to_owned()),
+            exp,
+            ..Claims::default()
+        }
+    }
+
+    fn sign(claims: &Claims) -> String {
+        mint(claims, &SigningKey::hs256(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn a_valid_token_verifies() {
+        let verifier = Verifier::from_config(&hs_config()).unwrap();
+        let verified = verifier.verify(&sign(&claims(Some(now() + 60)))).unwrap();
+        assert_eq!(verified.claims.sub.as_deref(), Some("t"));
+        assert!(verified.expires_at.is_some());
+    }
+
+    #[test]
+    fn exp_is_required_by_default_and_checked_without_leeway() {
+        let verifier = Verifier::from_config(&hs_config()).unwrap();
+        assert_eq!(verifier.verify(&sign(&claims(None))).unwrap_err(), AuthError::MissingClaim);
+        assert_eq!(
+            verifier.verify(&sign(&claims(Some(now() - 2)))).unwrap_err(),
+            AuthError::TokenExpired
+        );
+        let lenient = Verifier::from_config(&AuthConfig {
+            require_exp: false,
+            ..hs_config()
+        })
+        .unwrap();
+        assert!(lenient.verify(&sign(&claims(None))).is_ok());
+    }
+
+    #[test]
+    fn wrong_secret_and_garbage_are_refused() {
+        let verifier = Verifier::from_config(&hs_config()).unwrap();
+        let other = mint(&claims(Some(now() + 60)), &SigningKey::hs256("x".repeat(40))).unwrap();
+        assert_eq!(verifier.verify(&other).unwrap_err(), AuthError::BadSignature);
+        assert_eq!(verifier.verify("not-a-jwt").unwrap_err(), AuthError::MalformedToken);
+        assert_eq!(verifier.verify(&"a".repeat(9000)).unwrap_err(), AuthError::TokenTooLarge);
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let verifier = Verifier::from_config(&AuthConfig {
+            issuer: Some("me".to_owned()),
+            audience: vec!["gw".to_owned()],
+            ..hs_config()
+        })
+        .unwrap();
+        let mut good = claims(Some(now() + 60));
+        good.iss = Some("me".to_owned());
+        good.aud = vec!["gw".to_owned()];
+        assert!(verifier.verify(&sign(&good)).is_ok());
+        let wrong_iss = Claims {
+            iss: Some("you".to_owned()),
+            ..good.clone()
+        };
+        assert_eq!(verifier.verify(&sign(&wrong_iss)).unwrap_err(), AuthError::WrongIssuer);
+        let wrong_aud = Claims {
+            aud: vec!["other".to_owned()],
+            ..good
+        };
+        assert_eq!(verifier.verify(&sign(&wrong_aud)).unwrap_err(), AuthError::WrongAudience);
+    }
+
+    #[test]
+    fn secret_files_are_created_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        assert!(ensure_secret_file(&path).unwrap());
+        assert!(!ensure_secret_file(&path).unwrap());
+        let auth = AuthConfig {
+            hs256_secret_file: Some(path),
+            ..AuthConfig::default()
+        };
+        assert_eq!(hs256_secret(&auth).unwrap().unwrap().expose().len(), 64);
+    }
+}

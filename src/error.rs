@@ -1,0 +1,131 @@
+//! `ApiError`: everything that can reach a client, mapped to HTTP in one `match`.
+//!
+//! Policy: statuses follow DESIGN.md (401 with `WWW-Authenticate: Bearer`, 403, 400,
+//! 413, 503). Bodies are JSON `{"error": "<stable reason>", "message": "<short
+//! text>"}`; messages are written here or come from our own validation types, never
+//! from internal errors, keys or tokens. Server-side failures are logged once, here,
+//! where they become responses; auth rejections are counted here by reason.
+
+use axum::Json;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::backend::BackendError;
+use crate::event::InvalidEventType;
+use crate::metrics as m;
+use crate::stream::InvalidStreamName;
+
+/// A request that cannot be served, as the client will see it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("no stream requested: add ?stream=NAME")]
+    NoStream,
+    #[error("invalid stream name: {0}")]
+    InvalidStreamName(#[from] InvalidStreamName),
+    #[error("too many streams: at most {max} per connection")]
+    TooManyStreams { max: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("invalid event type: {0}")]
+    InvalidEventType(#[from] InvalidEventType),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("request body not received in time")]
+    RequestTimeout,
+    #[error("connection limit reached, try another node or later")]
+    ConnectionLimit,
+    #[error("server is shutting down")]
+    Draining,
+    #[error("cannot store the events now")]
+    Backend(#[from] BackendError),
+    #[error("not found")]
+    NotFound,
+}
+
+impl ApiError {
+    /// Stable machine-readable reason for the body and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Auth(error) => error.reason(),
+            Self::NoStream => "no_stream",
+            Self::InvalidStreamName(_) => "invalid_stream_name",
+            Self::TooManyStreams { .. } => "too_many_streams",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidEventType(_) => "invalid_event_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::ConnectionLimit => "connection_limit",
+            Self::Draining => "draining",
+            Self::Backend(BackendError::StreamLimit) => "stream_limit",
+            Self::Backend(BackendError::Unavailable(_)) => "backend_unavailable",
+            Self::NotFound => "not_found",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Auth(AuthError::StreamNotPermitted) => StatusCode::FORBIDDEN,
+            Self::Auth(_) => StatusCode::UNAUTHORIZED,
+            Self::NoStream
+            | Self::InvalidStreamName(_)
+            | Self::TooManyStreams { .. }
+            | Self::InvalidRequest(_)
+            | Self::InvalidEventType(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ConnectionLimit | Self::Draining | Self::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let reason = self.reason();
+        let message = match &self {
+            // Backend detail stays in the log; the client gets the generic text.
+            Self::Backend(BackendError::Unavailable(detail)) => {
+                tracing::error!(%detail, "backend unavailable");
+                self.to_string()
+            }
+            Self::Auth(error) => {
+                metrics::counter!(m::AUTH_REJECTIONS, "reason" => reason).increment(1);
+                error.to_string()
+            }
+            _ => self.to_string(),
+        };
+        let mut response = (status, Json(json!({ "error": reason, "message": message }))).into_response();
+        let headers = response.headers_mut();
+        if let Self::Auth(error) = &self
+            && status == StatusCode::UNAUTHORIZED
+        {
+            headers.insert(WWW_AUTHENTICATE, www_authenticate(*error));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// RFC 6750 challenge: no error code when the token is simply missing.
+fn www_authenticate(error: AuthError) -> HeaderValue {
+    match error {
+        AuthError::MissingToken => HeaderValue::from_static("Bearer realm=\"sse-gateway\""),
+        AuthError::MalformedToken | AuthError::TokenTooLarge => {
+            HeaderValue::from_static("Bearer realm=\"sse-gateway\", error=\"invalid_request\"")
+        }
+        _ => HeaderValue::from_static("Bearer realm=\"sse-gateway\", error=\"invalid_token\""),
+    }
+}
+
+/// `404` for unknown routes, in the same JSON shape.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}

@@ -1,0 +1,36 @@
+//! `sse-gateway`: parse the command line, set up logging, run `serve` or `token`.
+
+use anyhow::Context;
+use clap::Parser;
+use sse_gateway::cli::{self, Cli, Command};
+use sse_gateway::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Token(args) => {
+            println!("{}", cli::mint_token(&config, &args)?);
+            Ok(())
+        }
+        Command::Serve => {
+            init_tracing(&config);
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if config.server.worker_threads > 0 {
+                runtime.worker_threads(config.server.worker_threads);
+            }
+            let runtime = runtime.enable_all().build().context("starting the tokio runtime")?;
+            runtime.block_on(cli::serve(config))
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,149 @@
+//! Every metric the gateway exports (names prefixed `sse_`), the Prometheus
+//! recorder, the HTTP metrics layer and the `/metrics` handler.
+//!
+//! Labels stay bounded: route templates, methods, status codes and fixed reason
+//! strings. Never stream names, subjects or tokens.
+//!
+//! The recorder is the one process-wide global (the `metrics` facade requires it):
+//! [`install_recorder`] installs it once and every server in the process shares it,
+//! so tests assert on deltas.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::app::AppState;
+
+pub const CONNECTIONS_OPEN: &str = "sse_connections_open";
+pub const CONNECTIONS_TOTAL: &str = "sse_connections_total";
+pub const CONNECTIONS_REJECTED: &str = "sse_connections_rejected_total";
+pub const DISCONNECTS: &str = "sse_disconnects_total";
+pub const SUBSCRIPTIONS_OPEN: &str = "sse_subscriptions_open";
+pub const STREAMS_SUBSCRIBED: &str = "sse_streams_subscribed";
+pub const STREAMS_BUFFERED: &str = "sse_streams_buffered";
+pub const EVENTS_PUBLISHED: &str = "sse_events_published_total";
+pub const PUBLISH_REJECTIONS: &str = "sse_publish_rejections_total";
+pub const EVENTS_DELIVERED: &str = "sse_events_delivered_total";
+pub const EVENTS_REPLAYED: &str = "sse_events_replayed_total";
+pub const GAP_NOTICES: &str = "sse_gap_notices_total";
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "sse_slow_consumer_disconnects_total";
+pub const AUTH_REJECTIONS: &str = "sse_auth_rejections_total";
+pub const PUBLISH_DURATION: &str = "sse_publish_duration_seconds";
+pub const PUBLISH_TO_WRITE: &str = "sse_publish_to_write_seconds";
+pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
+
+/// Latency buckets from 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+///
+/// # Panics
+/// If another `metrics` recorder was installed by someone else first: the gateway
+/// could not export anything, which is a programming error, not an input.
+pub fn install_recorder() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .expect("bucket list is non-empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed in this process");
+            describe_all();
+            handle
+        })
+        .clone()
+}
+
+fn describe_all() {
+    describe_gauge!(CONNECTIONS_OPEN, "Open event-stream connections.");
+    describe_counter!(CONNECTIONS_TOTAL, "Event-stream connections accepted.");
+    describe_counter!(CONNECTIONS_REJECTED, "Event-stream connections refused before streaming, by reason.");
+    describe_counter!(DISCONNECTS, "Event streams ended, by reason.");
+    describe_gauge!(SUBSCRIPTIONS_OPEN, "Stream subscriptions held by open connections (connection x stream).");
+    describe_gauge!(STREAMS_SUBSCRIBED, "Streams with at least one subscriber on this node.");
+    describe_gauge!(STREAMS_BUFFERED, "Streams holding replay history on this node.");
+    describe_counter!(EVENTS_PUBLISHED, "Events accepted by the backend.");
+    describe_counter!(PUBLISH_REJECTIONS, "Publish requests refused, by reason.");
+    describe_counter!(EVENTS_DELIVERED, "Live events written to subscribers.");
+    describe_counter!(EVENTS_REPLAYED, "Events written to subscribers from replay history.");
+    describe_counter!(GAP_NOTICES, "Gap notices sent to resuming subscribers.");
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        "Subscribers disconnected because their queue overflowed."
+    );
+    describe_counter!(AUTH_REJECTIONS, "Requests refused by authentication or authorisation, by reason.");
+    describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "Time to accept a publish request.");
+    describe_histogram!(
+        PUBLISH_TO_WRITE,
+        Unit::Seconds,
+        "Delay from an event's acceptance to its write to a subscriber."
+    );
+    describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time until the response head, by method and route."
+    );
+}
+
+/// Drains histogram buffers; called periodically so they do not grow between scrapes.
+pub fn run_upkeep(handle: &PrometheusHandle, state: &AppState) {
+    metrics::gauge!(STREAMS_SUBSCRIBED).set(state.registry.len() as f64);
+    handle.run_upkeep();
+}
+
+/// How often [`run_upkeep`] runs.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    run_upkeep(&state.metrics, &state);
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+/// Standard methods by name; anything else as `other`, keeping the label bounded.
+fn bounded_method(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Middleware counting requests by route template and timing them to the response head.
+pub async fn track_http(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = bounded_method(request.method()).to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,139 @@
+//! `run`: build the state, serve the router, shut down in order. Used by `main` and
+//! by the integration tests, so tests exercise exactly the production wiring.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::app::{self, AppState};
+use crate::auth::{KeyError, Verifier};
+use crate::backend::{Backend, MemoryBackend};
+use crate::config::{BackendKind, Config};
+use crate::metrics;
+use crate::shutdown::Shutdown;
+use crate::stream::StreamRegistry;
+use crate::subscription::ConnectionLimiter;
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The sockets a server listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub main: TcpListener,
+    /// Set when `/metrics` is served on its own address.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `server.addr` and, if configured, `metrics.addr`.
+    ///
+    /// # Errors
+    /// [`ServerError::Bind`] naming the address.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let main = bind(config.server.addr).await?;
+        let metrics = match config.metrics.addr {
+            Some(addr) if config.metrics.enabled => Some(bind(addr).await?),
+            _ => None,
+        };
+        Ok(Self { main, metrics })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves until `signal` resolves, then shuts down in the documented order and
+/// returns within `server.shutdown_grace`.
+///
+/// # Errors
+/// [`ServerError`] when keys cannot be loaded or the listener fails.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = build_state(config)?;
+    let shutdown = state.shutdown.clone();
+    let grace = state.config.server.shutdown_grace;
+
+    let upkeep = tokio::spawn(upkeep_periodically(state.clone()));
+    let metrics_server = listeners.metrics.map(|listener| {
+        let router = app::metrics_router(state.clone());
+        let stopped = shutdown.token().clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await
+        })
+    });
+
+    let on_signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            signal.await;
+            // Draining first (readyz fails, publishes get 503), then ending every
+            // event stream; returning stops the accept loop.
+            shutdown.begin();
+        }
+    };
+    let serve = axum::serve(listeners.main, app::router(state.clone()))
+        .with_graceful_shutdown(on_signal)
+        .into_future();
+    let deadline = async {
+        shutdown.token().cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = serve => result?,
+        () = deadline => tracing::warn!(?grace, "shutdown grace elapsed; abandoning open connections"),
+    }
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
+    upkeep.abort();
+    state.backend.close().await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn build_state(config: Config) -> Result<AppState, ServerError> {
+    let verifier = Verifier::from_config(&config.auth)?;
+    let registry = Arc::new(StreamRegistry::new(
+        config.limits.max_streams,
+        config.limits.subscriber_queue,
+    ));
+    let backend: Arc<dyn Backend> = match config.backend.kind {
+        BackendKind::Memory => MemoryBackend::start(&config, Arc::clone(&registry)),
+    };
+    Ok(AppState {
+        connections: ConnectionLimiter::new(config.limits.max_connections),
+        config: Arc::new(config),
+        verifier: Arc::new(verifier),
+        backend,
+        registry,
+        shutdown: Shutdown::new(),
+        metrics: metrics::install_recorder(),
+    })
+}
+
+async fn upkeep_periodically(state: AppState) {
+    let mut ticks = tokio::time::interval(metrics::UPKEEP_INTERVAL);
+    loop {
+        ticks.tick().await;
+        metrics::run_upkeep(&state.metrics, &state);
+    }
+}

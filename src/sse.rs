@@ -1,0 +1,240 @@
+//! The SSE wire format (WHATWG HTML, "Server-sent events"), encoded once into `Bytes`.
+//!
+//! Written by hand rather than with `axum::response::sse::Event` because that type
+//! encodes per response: here each event is encoded once at publish time and the same
+//! `Bytes` go to every subscriber.
+//!
+//! Rules kept here: `data` is split on CRLF, LF and CR into one `data:` line each
+//! (clients rebuild it with LF line endings); every field is written as `name: value`
+//! so a value starting with a space survives the parser's removal of one space;
+//! `id` and `event` never contain CR, LF or NUL (validated before they get here).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::event::{EventId, EventType, GAP_EVENT_TYPE};
+use crate::stream::StreamName;
+
+/// A heartbeat: a comment line that keeps proxies from timing the stream out.
+pub const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
+
+/// Encodes one event record, ending with the blank line that dispatches it.
+pub fn encode_event(id: EventId, event_type: Option<&EventType>, data: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + 48);
+    // `write!` into BytesMut cannot fail; the result is ignored for that reason.
+    let _ = writeln!(out, "id: {id}");
+    if let Some(event_type) = event_type {
+        put_field(&mut out, "event", event_type.as_str());
+    }
+    put_data(&mut out, data);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The first bytes of every event stream: the reconnection delay and a comment,
+/// flushed at once so clients see the stream open.
+pub fn encode_preamble(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n: connected\n\n", retry.as_millis()))
+}
+
+/// A gap notice: an event of type `gap` whose data is JSON naming the streams whose
+/// replay could not be proven complete. It carries no id, so a client's
+/// `Last-Event-ID` still points at what it really received.
+pub fn encode_gap_notice(streams: &[StreamName]) -> Bytes {
+    let names: Vec<&str> = streams.iter().map(StreamName::as_str).collect();
+    let data = serde_json::json!({ "streams": names }).to_string();
+    let mut out = BytesMut::with_capacity(data.len() + 24);
+    put_field(&mut out, "event", GAP_EVENT_TYPE);
+    put_data(&mut out, &data);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+fn put_field(out: &mut BytesMut, name: &str, value: &str) {
+    out.put_slice(name.as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value.as_bytes());
+    out.put_u8(b'\n');
+}
+
+/// One `data:` line per line of `data`, splitting on CRLF, LF and CR.
+fn put_data(out: &mut BytesMut, data: &str) {
+    let mut rest = data;
+    loop {
+        let Some(end) = rest.find(['\r', '\n']) else {
+            put_field(out, "data", rest);
+            return;
+        };
+        put_field(out, "data", &rest[..end]);
+        let break_len = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[end + break_len..];
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod whatwg {
+    //! A parser that follows the WHATWG event-stream interpretation rules, used to
+    //! check the encoder (and by integration tests through the same rules).
+
+    /// One dispatched event as a browser would see it.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub(crate) struct Dispatched {
+        pub(crate) event_type: String,
+        pub(crate) data: String,
+        pub(crate) last_event_id: String,
+    }
+
+    /// Parses a whole stream and returns the dispatched events and the last
+    /// `retry` value seen.
+    pub(crate) fn parse(stream: &str) -> (Vec<Dispatched>, Option<u64>) {
+        let mut events = Vec::new();
+        let (mut data, mut event_type, mut last_id) = (String::new(), String::new(), String::new());
+        let mut retry = None;
+        let stream = stream.strip_prefix('\u{feff}').unwrap_or(stream);
+        for line in split_lines(stream) {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    if data.ends_with('\n') {
+                        data.pop();
+                    }
+                    let kind = if event_type.is_empty() { "message".to_owned() } else { event_type.clone() };
+                    events.push(Dispatched {
+                        event_type: kind,
+                        data: std::mem::take(&mut data),
+                        last_event_id: last_id.clone(),
+                    });
+                }
+                data.clear();
+                event_type.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.find(':') {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    (&line[..colon], value.strip_prefix(' ').unwrap_or(value))
+                }
+                None => (line, ""),
+            };
+            match field {
+                "event" => event_type = value.to_owned(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" if !value.contains('\0') => last_id = value.to_owned(),
+                "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                    retry = value.parse().ok();
+                }
+                _ => {}
+            }
+        }
+        (events, retry)
+    }
+
+    /// Complete lines only: a trailing line without its terminator is not processed.
+    fn split_lines(stream: &str) -> Vec<&str> {
+        let mut lines = Vec::new();
+        let mut rest = stream;
+        while let Some(end) = rest.find(['\r', '\n']) {
+            lines.push(&rest[..end]);
+            let len = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+            rest = &rest[end + len..];
+        }
+        lines
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::whatwg::{Dispatched, parse};
+    use super::*;
+
+    fn text(bytes: &Bytes) -> &str {
+        std::str::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn encodes_id_type_and_each_line_of_data() {
+        let event_type = EventType::try_new("update").unwrap();
+        let frame = encode_event(EventId::from_u64(7), Some(&event_type), "a\r\nb\rc\nd");
+        assert_eq!(
+            text(&frame),
+            "id: 7\nevent: update\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn empty_and_space_prefixed_data_survive() {
+        let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "")));
+        assert_eq!(events[0].data, "");
+        let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "  two spaces\n")));
+        assert_eq!(events[0].data, "  two spaces\n");
+    }
+
+    #[test]
+    fn preamble_sets_retry_and_dispatches_nothing() {
+        let (events, retry) = parse(text(&encode_preamble(Duration::from_millis(2500))));
+        assert!(events.is_empty());
+        assert_eq!(retry, Some(2500));
+    }
+
+    #[test]
+    fn gap_notice_is_json_naming_streams_without_an_id() {
+        let streams = [StreamName::try_new("a").unwrap(), StreamName::try_new("b.c").unwrap()];
+        let (events, _) = parse(text(&encode_gap_notice(&streams)));
+        assert_eq!(events[0].event_type, "gap");
+        assert_eq!(events[0].last_event_id, "");
+        let json: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(json, serde_json::json!({"streams": ["a", "b.c"]}));
+    }
+
+    fn arb_event_type() -> impl Strategy<Value = Option<EventType>> {
+        proptest::option::of("[^\r\n\0]{1,20}".prop_filter_map("valid type", |t| EventType::try_new(&t).ok()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any data, type and id round-trip through a WHATWG parser, with line
+        /// endings normalised to LF as browsers do.
+        #[test]
+        fn encoder_round_trips_through_a_whatwg_parser(
+            id in any::<u64>(),
+            event_type in arb_event_type(),
+            data in "(\\PC|\r|\n|\r\n| |:){0,64}",
+        ) {
+            let frame = encode_event(EventId::from_u64(id), event_type.as_ref(), &data);
+            let (events, _) = parse(text(&frame));
+            let expected = Dispatched {
+                event_type: event_type.map_or_else(|| "message".to_owned(), |t| t.as_str().to_owned()),
+                data: data.replace("\r\n", "\n").replace('\r', "\n"),
+                last_event_id: id.to_string(),
+            };
+            prop_assert_eq!(events, vec![expected]);
+        }
+
+        /// Concatenated records stay separate events, in order.
+        #[test]
+        fn consecutive_records_do_not_bleed_into_each_other(
+            payloads in proptest::collection::vec("(\\PC|\r|\n){0,16}", 1..8),
+        ) {
+            let mut stream = String::new();
+            for (i, data) in payloads.iter().enumerate() {
+                stream.push_str(text(&encode_event(EventId::from_u64(i as u64 + 1), None, data)));
+                stream.push_str(text(&HEARTBEAT));
+            }
+            let (events, _) = parse(&stream);
+            prop_assert_eq!(events.len(), payloads.len());
+            for (event, data) in events.iter().zip(&payloads) {
+                prop_assert_eq!(&event.data, &data.replace("\r\n", "\n").replace('\r', "\n"));
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Streams: validated names, bounded replay buffers and the local fan-out registry.
+
+pub mod name;
+pub mod registry;
+pub mod replay;
+
+pub use name::{InvalidStreamName, StreamName};
+pub use registry::{RegistryError, StreamRegistry, SubscriberQueue};
+pub use replay::ReplayBuffer;

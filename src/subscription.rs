@@ -1,0 +1,321 @@
+//! `Subscription`: one client connection and its streams, from attach to the end.
+//!
+//! Lifecycle: attach the live queue and read the replay through the backend (one
+//! atomic step), write the preamble (`retry:` and a comment) with the gap notice if
+//! any, then the replay in id order, then live frames, heartbeat comments in between.
+//! At the seam, live frames not newer than the last replayed id are dropped: they
+//! were in the replay. The stream ends on client disconnect, queue overflow, token
+//! expiry or shutdown; the subscription then detaches from every stream.
+//!
+//! Frames are the once-encoded `Bytes` shared by all subscribers. When a subscriber
+//! is behind, pending frames are coalesced into one write of up to [`MAX_CHUNK_BYTES`].
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, BackendError, Resume};
+use crate::event::{EventId, Frame};
+use crate::metrics as m;
+use crate::sse;
+use crate::stream::{StreamName, StreamRegistry, SubscriberQueue};
+
+/// Largest single write assembled from pending frames.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Counts open event streams against `limits.max_connections`.
+#[derive(Debug)]
+pub struct ConnectionLimiter {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot for one more connection, or `None` at the limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < self.max).then_some(open + 1))
+            .ok()?;
+        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+        Some(ConnectionSlot {
+            limiter: Arc::clone(self),
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One held connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    limiter: Arc<ConnectionLimiter>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.limiter.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// Timing of an event stream.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamTiming {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+}
+
+/// What a new subscription asks for.
+#[derive(Debug)]
+pub struct SubscriptionRequest {
+    pub streams: Vec<StreamName>,
+    pub resume: Option<Resume>,
+    /// When the token stops being valid; `None` keeps the stream open.
+    pub close_at: Option<SystemTime>,
+}
+
+/// Why an event stream ended, as a bounded metric label.
+#[derive(Debug, Clone, Copy)]
+enum EndReason {
+    Shutdown,
+    SlowConsumer,
+    TokenExpired,
+    ClientClosed,
+}
+
+impl EndReason {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TokenExpired => "token_expired",
+            Self::ClientClosed => "client_closed",
+        }
+    }
+}
+
+/// One open event stream.
+pub struct Subscription {
+    backend: Arc<dyn Backend>,
+    streams: Vec<StreamName>,
+    queue: SubscriberQueue,
+    receiver: mpsc::Receiver<Arc<Frame>>,
+    opening: Option<Bytes>,
+    replay: std::vec::IntoIter<Arc<Frame>>,
+    replayed_through: EventId,
+    heartbeat: Interval,
+    expiry: Option<Pin<Box<Sleep>>>,
+    shutdown: CancellationToken,
+    ended: Option<EndReason>,
+    delivered: metrics::Counter,
+    replayed: metrics::Counter,
+    write_delay: metrics::Histogram,
+    _slot: ConnectionSlot,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("streams", &self.streams).finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Attaches to the streams and prepares the replay.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend cannot attach the subscriber.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        registry: &StreamRegistry,
+        request: SubscriptionRequest,
+        timing: StreamTiming,
+        shutdown: CancellationToken,
+        slot: ConnectionSlot,
+    ) -> Result<Self, BackendError> {
+        let (queue, receiver) = registry.new_queue();
+        let replay = backend.subscribe(&request.streams, &queue, request.resume).await?;
+        let mut opening = BytesMut::from(&sse::encode_preamble(timing.retry)[..]);
+        if !replay.gaps.is_empty() {
+            opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps));
+            metrics::counter!(m::GAP_NOTICES).increment(1);
+        }
+        let replayed_through = replay.frames.last().map_or(EventId::ZERO, |frame| frame.id);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+        Ok(Self {
+            backend,
+            streams: request.streams,
+            queue,
+            receiver,
+            opening: Some(opening.freeze()),
+            replay: replay.frames.into_iter(),
+            replayed_through,
+            heartbeat,
+            expiry: request.close_at.map(sleep_until_system_time),
+            shutdown,
+            ended: None,
+            delivered: metrics::counter!(m::EVENTS_DELIVERED),
+            replayed: metrics::counter!(m::EVENTS_REPLAYED),
+            write_delay: metrics::histogram!(m::PUBLISH_TO_WRITE),
+            _slot: slot,
+        })
+    }
+
+    /// The response body: every chunk this subscription writes, until it ends.
+    pub fn into_body(self) -> Body {
+        let chunks = futures::stream::unfold(self, |mut subscription| async move {
+            let chunk = subscription.next_chunk().await?;
+            Some((Ok::<_, Infallible>(chunk), subscription))
+        });
+        Body::from_stream(chunks)
+    }
+
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(opening) = self.opening.take() {
+            return Some(opening);
+        }
+        if self.ended.is_some() {
+            return None;
+        }
+        if let Some(chunk) = self.next_replay_chunk() {
+            return Some(chunk);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => return self.end(EndReason::Shutdown),
+                () = self.queue.overflowed().cancelled() => return self.end(EndReason::SlowConsumer),
+                () = until_expiry(&mut self.expiry) => return self.end(EndReason::TokenExpired),
+                frame = self.receiver.recv() => {
+                    // `None` only after every stream dropped this queue, i.e. overflow.
+                    let Some(frame) = frame else { return self.end(EndReason::SlowConsumer) };
+                    if let Some(chunk) = self.next_live_chunk(frame) {
+                        return Some(chunk);
+                    }
+                    if self.queue.overflowed().is_cancelled() {
+                        return self.end(EndReason::SlowConsumer);
+                    }
+                }
+                _ = self.heartbeat.tick() => return Some(sse::HEARTBEAT),
+            }
+        }
+    }
+
+    fn next_replay_chunk(&mut self) -> Option<Bytes> {
+        let mut chunk = ChunkBuilder::default();
+        while chunk.len() < MAX_CHUNK_BYTES {
+            let Some(frame) = self.replay.next() else { break };
+            chunk.push(&frame.bytes);
+        }
+        self.replayed.increment(chunk.frames);
+        chunk.finish()
+    }
+
+    /// `first` and whatever else is already queued, minus seam duplicates.
+    /// Returns `None` when nothing is left to write, or the queue overflowed: a frame
+    /// dequeued after an overflow may be newer than the one that was lost, so it
+    /// must not be written.
+    fn next_live_chunk(&mut self, first: Arc<Frame>) -> Option<Bytes> {
+        let mut chunk = ChunkBuilder::default();
+        let mut oldest: Option<Instant> = None;
+        let mut next = Some(first);
+        while let Some(frame) = next {
+            if frame.id > self.replayed_through {
+                oldest.get_or_insert(frame.published_at);
+                chunk.push(&frame.bytes);
+            }
+            if chunk.len() >= MAX_CHUNK_BYTES {
+                break;
+            }
+            next = self.receiver.try_recv().ok();
+        }
+        if self.queue.overflowed().is_cancelled() {
+            return None;
+        }
+        if let Some(oldest) = oldest {
+            self.write_delay.record(oldest.elapsed().as_secs_f64());
+        }
+        self.delivered.increment(chunk.frames);
+        chunk.finish()
+    }
+
+    fn end(&mut self, reason: EndReason) -> Option<Bytes> {
+        self.ended = Some(reason);
+        metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
+        tracing::debug!(reason = reason.label(), "event stream ended");
+        None
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.ended.is_none() {
+            metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
+        }
+        self.backend.unsubscribe(&self.streams, &self.queue);
+    }
+}
+
+/// Joins frames into one write without copying when there is only one.
+#[derive(Default)]
+struct ChunkBuilder {
+    single: Option<Bytes>,
+    joined: Option<BytesMut>,
+    frames: u64,
+}
+
+impl ChunkBuilder {
+    fn push(&mut self, bytes: &Bytes) {
+        self.frames += 1;
+        if let Some(joined) = &mut self.joined {
+            joined.extend_from_slice(bytes);
+        } else if let Some(single) = self.single.take() {
+            let mut joined = BytesMut::with_capacity((single.len() + bytes.len()) * 4);
+            joined.extend_from_slice(&single);
+            joined.extend_from_slice(bytes);
+            self.joined = Some(joined);
+        } else {
+            self.single = Some(bytes.clone());
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.joined
+            .as_ref()
+            .map_or_else(|| self.single.as_ref().map_or(0, Bytes::len), BytesMut::len)
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        self.joined.map(BytesMut::freeze).or(self.single)
+    }
+}
+
+fn sleep_until_system_time(at: SystemTime) -> Pin<Box<Sleep>> {
+    let remaining = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    Box::pin(tokio::time::sleep(remaining))
+}
+
+async fn until_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
