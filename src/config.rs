@@ -361,7 +361,9 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] as for [`Config::load`].
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::extract(&Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)))
+        Self::extract(
+            &Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)),
+        )
     }
 
     fn extract(figment: &Figment) -> Result<Self, ConfigError> {
@@ -392,7 +394,10 @@ impl Config {
         }
         for (key, value) in [
             ("limits.max_connections", self.limits.max_connections),
-            ("limits.max_streams_per_connection", self.limits.max_streams_per_connection),
+            (
+                "limits.max_streams_per_connection",
+                self.limits.max_streams_per_connection,
+            ),
             ("limits.max_streams", self.limits.max_streams),
             ("limits.max_event_bytes", self.limits.max_event_bytes),
             ("limits.max_body_bytes", self.limits.max_body_bytes),
@@ -418,14 +423,22 @@ impl Config {
                 reason: format!("{alg:?} is enabled but its public key file is not set"),
             });
         }
-        if self.auth.hs256_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+        if self
+            .auth
+            .hs256_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 32)
+        {
             return invalid("auth.hs256_secret", "must be at least 32 bytes long");
         }
         if self.auth.cookie_name.is_empty() {
             return invalid("auth.cookie_name", "must not be empty");
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
-            return invalid("cors.allowed_origins", "`*` cannot be combined with allow_credentials");
+            return invalid(
+                "cors.allowed_origins",
+                "`*` cannot be combined with allow_credentials",
+            );
         }
         Ok(())
     }
@@ -484,12 +497,18 @@ mod tests {
     }
 
     #[test]
-    #[expect(clippy::result_large_err, reason = "figment::Jail's closure signature is fixed")]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure signature is fixed"
+    )]
     fn environment_overrides_file_keys() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gw.toml", "[server]\naddr = \"127.0.0.1:1111\"")?;
             jail.set_env("SSE_GATEWAY_SERVER__ADDR", "127.0.0.1:2222");
-            jail.set_env("SSE_GATEWAY_AUTH__HS256_SECRET", "12345678901234567890123456789012345");
+            jail.set_env(
+                "SSE_GATEWAY_AUTH__HS256_SECRET",
+                "12345678901234567890123456789012345",
+            );
             jail.set_env("SSE_GATEWAY_CONFIG", "ignored.toml");
             let config = Config::load(Some(Path::new("gw.toml"))).expect("loads");
             assert_eq!(config.server.addr.port(), 2222);

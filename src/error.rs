@@ -78,7 +78,9 @@ impl ApiError {
             | Self::InvalidEventType(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::ConnectionLimit | Self::Draining | Self::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectionLimit | Self::Draining | Self::Backend(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -100,7 +102,8 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        let mut response = (status, Json(json!({ "error": reason, "message": message }))).into_response();
+        let mut response =
+            (status, Json(json!({ "error": reason, "message": message }))).into_response();
         let headers = response.headers_mut();
         if let Self::Auth(error) = &self
             && status == StatusCode::UNAUTHORIZED

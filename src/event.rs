@@ -72,9 +72,10 @@ pub struct IdClock {
 }
 
 impl IdClock {
-    /// A clock that issues ids above the current time's floor.
+    /// A clock whose ids start above every id a predecessor could have issued up to
+    /// and including the current millisecond (hence the `+ 1`).
     pub fn start_now() -> Self {
-        Self::start_at(EventId::floor_at_millis(unix_millis()))
+        Self::start_at(EventId::floor_at_millis(unix_millis() + 1))
     }
 
     /// A clock whose first id is `floor + 1`.
@@ -110,7 +111,9 @@ impl IdClock {
 fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX >> SEQUENCE_BITS))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX >> SEQUENCE_BITS)
+        })
 }
 
 /// The SSE event type; never contains CR, LF or NUL and is never the reserved `gap`.
@@ -216,7 +219,16 @@ mod tests {
     #[test]
     fn event_ids_parse_only_plain_decimals() {
         assert_eq!("42".parse::<EventId>(), Ok(EventId::from_u64(42)));
-        for bad in ["", "-1", "+1", " 1", "1 ", "abc", "1e3", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "abc",
+            "1e3",
+            "99999999999999999999999",
+        ] {
             assert_eq!(bad.parse::<EventId>(), Err(InvalidEventId), "{bad:?}");
         }
     }
@@ -224,11 +236,23 @@ mod tests {
     #[test]
     fn event_types_reject_line_breaks_nul_and_gap() {
         assert!(EventType::try_new("price-update").is_ok());
-        assert_eq!(EventType::try_new("a\nb"), Err(InvalidEventType::ControlCharacter));
-        assert_eq!(EventType::try_new("a\rb"), Err(InvalidEventType::ControlCharacter));
-        assert_eq!(EventType::try_new("a\0b"), Err(InvalidEventType::ControlCharacter));
+        assert_eq!(
+            EventType::try_new("a\nb"),
+            Err(InvalidEventType::ControlCharacter)
+        );
+        assert_eq!(
+            EventType::try_new("a\rb"),
+            Err(InvalidEventType::ControlCharacter)
+        );
+        assert_eq!(
+            EventType::try_new("a\0b"),
+            Err(InvalidEventType::ControlCharacter)
+        );
         assert_eq!(EventType::try_new("gap"), Err(InvalidEventType::Reserved));
         assert_eq!(EventType::try_new(""), Err(InvalidEventType::Empty));
-        assert_eq!(EventType::try_new(&"x".repeat(300)), Err(InvalidEventType::TooLong));
+        assert_eq!(
+            EventType::try_new(&"x".repeat(300)),
+            Err(InvalidEventType::TooLong)
+        );
     }
 }

@@ -22,7 +22,10 @@ pub enum ServerError {
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server failed: {0}")]
     Serve(#[from] std::io::Error),
 }

@@ -68,7 +68,11 @@ fn put_data(out: &mut BytesMut, data: &str) {
             return;
         };
         put_field(out, "data", &rest[..end]);
-        let break_len = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+        let break_len = if rest[end..].starts_with("\r\n") {
+            2
+        } else {
+            1
+        };
         rest = &rest[end + break_len..];
     }
 }
@@ -99,7 +103,11 @@ pub(crate) mod whatwg {
                     if data.ends_with('\n') {
                         data.pop();
                     }
-                    let kind = if event_type.is_empty() { "message".to_owned() } else { event_type.clone() };
+                    let kind = if event_type.is_empty() {
+                        "message".to_owned()
+                    } else {
+                        event_type.clone()
+                    };
                     events.push(Dispatched {
                         event_type: kind,
                         data: std::mem::take(&mut data),
@@ -142,7 +150,11 @@ pub(crate) mod whatwg {
         let mut rest = stream;
         while let Some(end) = rest.find(['\r', '\n']) {
             lines.push(&rest[..end]);
-            let len = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
+            let len = if rest[end..].starts_with("\r\n") {
+                2
+            } else {
+                1
+            };
             rest = &rest[end + len..];
         }
         lines
@@ -174,7 +186,11 @@ mod tests {
     fn empty_and_space_prefixed_data_survive() {
         let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "")));
         assert_eq!(events[0].data, "");
-        let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "  two spaces\n")));
+        let (events, _) = parse(text(&encode_event(
+            EventId::from_u64(1),
+            None,
+            "  two spaces\n",
+        )));
         assert_eq!(events[0].data, "  two spaces\n");
     }
 
@@ -187,7 +203,10 @@ mod tests {
 
     #[test]
     fn gap_notice_is_json_naming_streams_without_an_id() {
-        let streams = [StreamName::try_new("a").unwrap(), StreamName::try_new("b.c").unwrap()];
+        let streams = [
+            StreamName::try_new("a").unwrap(),
+            StreamName::try_new("b.c").unwrap(),
+        ];
         let (events, _) = parse(text(&encode_gap_notice(&streams)));
         assert_eq!(events[0].event_type, "gap");
         assert_eq!(events[0].last_event_id, "");
@@ -196,7 +215,9 @@ mod tests {
     }
 
     fn arb_event_type() -> impl Strategy<Value = Option<EventType>> {
-        proptest::option::of("[^\r\n\0]{1,20}".prop_filter_map("valid type", |t| EventType::try_new(&t).ok()))
+        proptest::option::of(
+            "[^\r\n\0]{1,20}".prop_filter_map("valid type", |t| EventType::try_new(&t).ok()),
+        )
     }
 
     proptest! {

@@ -49,7 +49,9 @@ impl ConnectionLimiter {
     /// A slot for one more connection, or `None` at the limit.
     pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
         self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| (open < self.max).then_some(open + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
             .ok()?;
         metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
         Some(ConnectionSlot {
@@ -132,7 +134,9 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("streams", &self.streams).finish_non_exhaustive()
+        f.debug_struct("Subscription")
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,14 +154,19 @@ impl Subscription {
         slot: ConnectionSlot,
     ) -> Result<Self, BackendError> {
         let (queue, receiver) = registry.new_queue();
-        let replay = backend.subscribe(&request.streams, &queue, request.resume).await?;
+        let replay = backend
+            .subscribe(&request.streams, &queue, request.resume)
+            .await?;
         let mut opening = BytesMut::from(&sse::encode_preamble(timing.retry)[..]);
         if !replay.gaps.is_empty() {
             opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps));
             metrics::counter!(m::GAP_NOTICES).increment(1);
         }
         let replayed_through = replay.frames.last().map_or(EventId::ZERO, |frame| frame.id);
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + timing.heartbeat,
+            timing.heartbeat,
+        );
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
         Ok(Self {
@@ -222,7 +231,9 @@ impl Subscription {
     fn next_replay_chunk(&mut self) -> Option<Bytes> {
         let mut chunk = ChunkBuilder::default();
         while chunk.len() < MAX_CHUNK_BYTES {
-            let Some(frame) = self.replay.next() else { break };
+            let Some(frame) = self.replay.next() else {
+                break;
+            };
             chunk.push(&frame.bytes);
         }
         self.replayed.increment(chunk.frames);
@@ -268,7 +279,8 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.ended.is_none() {
-            metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
+            metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label())
+                .increment(1);
         }
         self.backend.unsubscribe(&self.streams, &self.queue);
     }
@@ -309,7 +321,9 @@ impl ChunkBuilder {
 }
 
 fn sleep_until_system_time(at: SystemTime) -> Pin<Box<Sleep>> {
-    let remaining = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let remaining = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     Box::pin(tokio::time::sleep(remaining))
 }
 

@@ -33,7 +33,11 @@ pub async fn open_subscription(
     result
 }
 
-async fn open(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Result<Response, ApiError> {
+async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
@@ -42,10 +46,17 @@ async fn open(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Res
     };
     let verified = authenticate(state, headers, query, sources)?;
     let params = SubscribeParams::parse(query, state.config.limits.max_streams_per_connection)?;
-    if !params.streams.iter().all(|stream| verified.claims.may_subscribe(stream)) {
+    if !params
+        .streams
+        .iter()
+        .all(|stream| verified.claims.may_subscribe(stream))
+    {
         return Err(AuthError::StreamNotPermitted.into());
     }
-    let slot = state.connections.try_acquire().ok_or(ApiError::ConnectionLimit)?;
+    let slot = state
+        .connections
+        .try_acquire()
+        .ok_or(ApiError::ConnectionLimit)?;
     let resume = header_resume(headers).or(params.resume);
     let close_at = verified
         .expires_at
@@ -68,7 +79,10 @@ async fn open(state: &AppState, headers: &HeaderMap, query: Option<&str>) -> Res
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
         (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-        (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+        (
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
     ];
     Ok((headers, subscription.into_body()).into_response())
 }
@@ -123,7 +137,10 @@ fn parse_resume(text: &str) -> Option<Resume> {
     if text.is_empty() {
         return None;
     }
-    Some(text.parse::<EventId>().map_or(Resume::Unrecognised, Resume::After))
+    Some(
+        text.parse::<EventId>()
+            .map_or(Resume::Unrecognised, Resume::After),
+    )
 }
 
 #[cfg(test)]
@@ -134,7 +151,8 @@ mod tests {
 
     #[test]
     fn streams_repeat_and_collapse() {
-        let params = SubscribeParams::parse(Some("stream=a&stream=b&stream=a&access_token=x"), 2).unwrap();
+        let params =
+            SubscribeParams::parse(Some("stream=a&stream=b&stream=a&access_token=x"), 2).unwrap();
         assert_eq!(params.streams.len(), 2);
         assert_eq!(params.resume, None);
     }
@@ -151,18 +169,30 @@ mod tests {
 
     #[test]
     fn missing_too_many_and_reserved_streams_are_refused() {
-        assert!(matches!(SubscribeParams::parse(None, 4), Err(ApiError::NoStream)));
-        assert!(matches!(SubscribeParams::parse(Some("stream="), 4), Err(ApiError::InvalidStreamName(_))));
+        assert!(matches!(
+            SubscribeParams::parse(None, 4),
+            Err(ApiError::NoStream)
+        ));
+        assert!(matches!(
+            SubscribeParams::parse(Some("stream="), 4),
+            Err(ApiError::InvalidStreamName(_))
+        ));
         assert!(matches!(
             SubscribeParams::parse(Some("stream=a&stream=b&stream=c"), 2),
             Err(ApiError::TooManyStreams { max: 2 })
         ));
-        assert!(matches!(SubscribeParams::parse(Some("stream=*"), 4), Err(ApiError::InvalidStreamName(_))));
+        assert!(matches!(
+            SubscribeParams::parse(Some("stream=*"), 4),
+            Err(ApiError::InvalidStreamName(_))
+        ));
     }
 
     #[test]
     fn last_event_ids_parse_or_are_unrecognised() {
-        assert_eq!(parse_resume("42"), Some(Resume::After(EventId::from_u64(42))));
+        assert_eq!(
+            parse_resume("42"),
+            Some(Resume::After(EventId::from_u64(42)))
+        );
         assert_eq!(parse_resume(""), None);
         assert_eq!(parse_resume("abc"), Some(Resume::Unrecognised));
     }

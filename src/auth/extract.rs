@@ -23,7 +23,11 @@ pub struct TokenSources<'a> {
 /// # Errors
 /// [`AuthError::MissingToken`] when none is present; [`AuthError::MalformedToken`]
 /// when an `Authorization` header is present but not a bearer token.
-pub fn find_token(headers: &HeaderMap, query: Option<&str>, sources: TokenSources<'_>) -> Result<String, AuthError> {
+pub fn find_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    sources: TokenSources<'_>,
+) -> Result<String, AuthError> {
     if let Some(value) = headers.get(AUTHORIZATION) {
         return bearer(value.to_str().map_err(|_| AuthError::MalformedToken)?);
     }
@@ -39,7 +43,10 @@ pub fn find_token(headers: &HeaderMap, query: Option<&str>, sources: TokenSource
 }
 
 fn bearer(value: &str) -> Result<String, AuthError> {
-    let (scheme, token) = value.trim_start().split_once(' ').ok_or(AuthError::MalformedToken)?;
+    let (scheme, token) = value
+        .trim_start()
+        .split_once(' ')
+        .ok_or(AuthError::MalformedToken)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::MalformedToken);
     }
@@ -78,7 +85,11 @@ pub fn redacted_query(query: Option<&str>) -> String {
             let is_token = form_urlencoded::parse(pair.as_bytes())
                 .next()
                 .is_some_and(|(key, _)| key == ACCESS_TOKEN_PARAM);
-            if is_token { "access_token=<redacted>" } else { pair }
+            if is_token {
+                "access_token=<redacted>"
+            } else {
+                pair
+            }
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -105,7 +116,10 @@ mod tests {
     #[test]
     fn header_wins_over_query_and_cookie() {
         let h = headers(&[(AUTHORIZATION, "Bearer abc"), (COOKIE, "sse_token=ccc")]);
-        assert_eq!(find_token(&h, Some("access_token=qqq"), SOURCES).unwrap(), "abc");
+        assert_eq!(
+            find_token(&h, Some("access_token=qqq"), SOURCES).unwrap(),
+            "abc"
+        );
         let h = headers(&[(AUTHORIZATION, "bearer  abc ")]);
         assert_eq!(find_token(&h, None, SOURCES).unwrap(), "abc");
     }
@@ -113,16 +127,24 @@ mod tests {
     #[test]
     fn query_then_cookie() {
         let h = headers(&[(COOKIE, "a=1; sse_token=ccc")]);
-        assert_eq!(find_token(&h, Some("stream=x&access_token=q%2Eq"), SOURCES).unwrap(), "q.q");
+        assert_eq!(
+            find_token(&h, Some("stream=x&access_token=q%2Eq"), SOURCES).unwrap(),
+            "q.q"
+        );
         assert_eq!(find_token(&h, Some("stream=x"), SOURCES).unwrap(), "ccc");
         let no_cookies = TokenSources { cookie_name: None };
-        assert_eq!(find_token(&h, None, no_cookies), Err(AuthError::MissingToken));
+        assert_eq!(
+            find_token(&h, None, no_cookies),
+            Err(AuthError::MissingToken)
+        );
     }
 
     #[test]
     fn query_tokens_are_redacted_for_logs() {
         assert_eq!(
-            redacted_query(Some("stream=a&access_token=eyJ.secret.sig&x=1&access%5Ftoken=b")),
+            redacted_query(Some(
+                "stream=a&access_token=eyJ.secret.sig&x=1&access%5Ftoken=b"
+            )),
             "stream=a&access_token=<redacted>&x=1&access_token=<redacted>"
         );
         assert_eq!(redacted_query(None), "");
@@ -131,9 +153,15 @@ mod tests {
     #[test]
     fn non_bearer_authorization_is_malformed() {
         let h = headers(&[(AUTHORIZATION, "Basic dXNlcjpwYXNz")]);
-        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MalformedToken));
+        assert_eq!(
+            find_token(&h, None, SOURCES),
+            Err(AuthError::MalformedToken)
+        );
         let h = headers(&[(AUTHORIZATION, "Bearer")]);
-        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MalformedToken));
+        assert_eq!(
+            find_token(&h, None, SOURCES),
+            Err(AuthError::MalformedToken)
+        );
         let h = headers(&[(AUTHORIZATION, "Bearer  ")]);
         assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MissingToken));
     }

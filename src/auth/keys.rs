@@ -31,12 +31,17 @@ pub enum KeyError {
     },
     #[error("`{key}` does not hold a valid {alg:?} key")]
     Invalid { key: &'static str, alg: Algorithm },
-    #[error("HS256 is enabled but no secret is configured (set auth.hs256_secret or auth.hs256_secret_file)")]
+    #[error(
+        "HS256 is enabled but no secret is configured (set auth.hs256_secret or auth.hs256_secret_file)"
+    )]
     MissingSecret,
     #[error("the HS256 secret in `{key}` must be at least 32 bytes long")]
     WeakSecret { key: &'static str },
     #[error("cannot create the secret file {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A verified token: its claims and when it expires.
@@ -59,7 +64,9 @@ pub struct Verifier {
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let algorithms: Vec<_> = self.keys.iter().map(|(alg, _)| alg).collect();
-        f.debug_struct("Verifier").field("algorithms", &algorithms).finish_non_exhaustive()
+        f.debug_struct("Verifier")
+            .field("algorithms", &algorithms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,8 +128,12 @@ impl Verifier {
             .iter()
             .find(|(alg, _)| *alg == header.alg)
             .ok_or(AuthError::AlgorithmNotAllowed)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg)).map_err(|error| map_jwt_error(&error))?;
-        let expires_at = data.claims.exp.map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg))
+            .map_err(|error| map_jwt_error(&error))?;
+        let expires_at = data
+            .claims
+            .exp
+            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
         Ok(Verified {
             claims: data.claims,
             expires_at,
@@ -244,7 +255,10 @@ mod tests {
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     fn claims(exp: Option<u64>) -> Claims {
@@ -270,9 +284,14 @@ mod tests {
     #[test]
     fn exp_is_required_by_default_and_checked_without_leeway() {
         let verifier = Verifier::from_config(&hs_config()).unwrap();
-        assert_eq!(verifier.verify(&sign(&claims(None))).unwrap_err(), AuthError::MissingClaim);
         assert_eq!(
-            verifier.verify(&sign(&claims(Some(now() - 2)))).unwrap_err(),
+            verifier.verify(&sign(&claims(None))).unwrap_err(),
+            AuthError::MissingClaim
+        );
+        assert_eq!(
+            verifier
+                .verify(&sign(&claims(Some(now() - 2))))
+                .unwrap_err(),
             AuthError::TokenExpired
         );
         let lenient = Verifier::from_config(&AuthConfig {
@@ -286,10 +305,23 @@ mod tests {
     #[test]
     fn wrong_secret_and_garbage_are_refused() {
         let verifier = Verifier::from_config(&hs_config()).unwrap();
-        let other = mint(&claims(Some(now() + 60)), &SigningKey::hs256("x".repeat(40))).unwrap();
-        assert_eq!(verifier.verify(&other).unwrap_err(), AuthError::BadSignature);
-        assert_eq!(verifier.verify("not-a-jwt").unwrap_err(), AuthError::MalformedToken);
-        assert_eq!(verifier.verify(&"a".repeat(9000)).unwrap_err(), AuthError::TokenTooLarge);
+        let other = mint(
+            &claims(Some(now() + 60)),
+            &SigningKey::hs256("x".repeat(40)),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier.verify(&other).unwrap_err(),
+            AuthError::BadSignature
+        );
+        assert_eq!(
+            verifier.verify("not-a-jwt").unwrap_err(),
+            AuthError::MalformedToken
+        );
+        assert_eq!(
+            verifier.verify(&"a".repeat(9000)).unwrap_err(),
+            AuthError::TokenTooLarge
+        );
     }
 
     #[test]
@@ -308,12 +340,18 @@ mod tests {
             iss: Some("you".to_owned()),
             ..good.clone()
         };
-        assert_eq!(verifier.verify(&sign(&wrong_iss)).unwrap_err(), AuthError::WrongIssuer);
+        assert_eq!(
+            verifier.verify(&sign(&wrong_iss)).unwrap_err(),
+            AuthError::WrongIssuer
+        );
         let wrong_aud = Claims {
             aud: vec!["other".to_owned()],
             ..good
         };
-        assert_eq!(verifier.verify(&sign(&wrong_aud)).unwrap_err(), AuthError::WrongAudience);
+        assert_eq!(
+            verifier.verify(&sign(&wrong_aud)).unwrap_err(),
+            AuthError::WrongAudience
+        );
     }
 
     #[test]

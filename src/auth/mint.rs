@@ -15,7 +15,9 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("alg", &self.alg).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,5 +76,6 @@ impl SigningKey {
 /// # Errors
 /// [`MintError::Sign`] if signing fails (a key unfit for its algorithm).
 pub fn mint(claims: &Claims, key: &SigningKey) -> Result<String, MintError> {
-    jsonwebtoken::encode(&Header::new(key.alg.to_jwt()), claims, &key.key).map_err(|_| MintError::Sign)
+    jsonwebtoken::encode(&Header::new(key.alg.to_jwt()), claims, &key.key)
+        .map_err(|_| MintError::Sign)
 }

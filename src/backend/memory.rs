@@ -67,7 +67,9 @@ impl MemoryBackend {
     fn lock_sequencer(&self) -> MutexGuard<'_, IdClock> {
         // A panic inside the critical section cannot leave a half-written id; the
         // clock stays monotonic, so a poisoned lock is still safe to use.
-        self.sequencer.lock().unwrap_or_else(PoisonError::into_inner)
+        self.sequencer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn floor(&self) -> EventId {
@@ -131,7 +133,8 @@ impl MemoryBackend {
             if history.is_empty() {
                 // Raise the floor before the entry disappears, so a resume that no
                 // longer finds this history still sees that events were lost.
-                self.floor.fetch_max(history.known_after().as_u64(), Ordering::AcqRel);
+                self.floor
+                    .fetch_max(history.known_after().as_u64(), Ordering::AcqRel);
                 return false;
             }
             true
@@ -140,7 +143,11 @@ impl MemoryBackend {
     }
 }
 
-async fn sweep_periodically(backend: Weak<MemoryBackend>, every: Duration, stop: CancellationToken) {
+async fn sweep_periodically(
+    backend: Weak<MemoryBackend>,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -148,7 +155,9 @@ async fn sweep_periodically(backend: Weak<MemoryBackend>, every: Duration, stop:
             () = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let Some(backend) = backend.upgrade() else { return };
+        let Some(backend) = backend.upgrade() else {
+            return;
+        };
         backend.sweep();
     }
 }

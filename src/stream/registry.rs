@@ -92,13 +92,20 @@ impl StreamRegistry {
     ///
     /// # Errors
     /// [`RegistryError::StreamLimit`] when the stream is new and the registry is full.
-    pub fn attach(&self, stream: &StreamName, queue: &SubscriberQueue) -> Result<(), RegistryError> {
+    pub fn attach(
+        &self,
+        stream: &StreamName,
+        queue: &SubscriberQueue,
+    ) -> Result<(), RegistryError> {
         if !self.streams.contains_key(stream) && self.streams.len() >= self.max_streams {
             return Err(RegistryError::StreamLimit);
         }
         // Pushing through `entry` holds the shard lock, so a concurrent reclaim of
         // the same (empty) stream cannot orphan this subscriber.
-        self.streams.entry(stream.clone()).or_default().push(queue.clone());
+        self.streams
+            .entry(stream.clone())
+            .or_default()
+            .push(queue.clone());
         metrics::gauge!(m::SUBSCRIPTIONS_OPEN).increment(1.0);
         Ok(())
     }
@@ -111,7 +118,8 @@ impl StreamRegistry {
                 subscribers.retain(|q| q.id != queue.id);
                 record_removed(before - subscribers.len());
             }
-            self.streams.remove_if(stream, |_, subscribers| subscribers.is_empty());
+            self.streams
+                .remove_if(stream, |_, subscribers| subscribers.is_empty());
         }
     }
 
@@ -182,7 +190,10 @@ mod tests {
         let registry = StreamRegistry::new(1, 4);
         let (queue, _rx) = registry.new_queue();
         registry.attach(&name("a"), &queue).unwrap();
-        assert_eq!(registry.attach(&name("b"), &queue), Err(RegistryError::StreamLimit));
+        assert_eq!(
+            registry.attach(&name("b"), &queue),
+            Err(RegistryError::StreamLimit)
+        );
         let (other, _rx2) = registry.new_queue();
         registry.attach(&name("a"), &other).unwrap();
     }

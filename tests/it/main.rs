@@ -1,1 +1,20 @@
-//! placeholder
+//! The one integration-test binary: every test starts the real gateway on port 0
+//! and speaks HTTP to it.
+
+#![expect(
+    unreachable_pub,
+    reason = "support items are shared by the modules of this one test binary"
+)]
+
+mod auth;
+mod cli;
+mod delivery;
+mod interop;
+mod limits;
+mod metrics;
+mod operations;
+mod publish;
+mod replay;
+mod subscribe;
+mod support;
+mod wire;

@@ -50,13 +50,26 @@ struct JsonEvent<'a> {
 ///
 /// # Errors
 /// `400` for malformed bodies, names or types; `413` past the size limits.
-pub fn parse_body(content_type: Option<&str>, body: &[u8], limits: &BodyLimits) -> Result<PublishBody, ApiError> {
+pub fn parse_body(
+    content_type: Option<&str>,
+    body: &[u8],
+    limits: &BodyLimits,
+) -> Result<PublishBody, ApiError> {
     let is_form = content_type
         .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    let parsed = if is_form { parse_form(body)? } else { parse_json(body)? };
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let parsed = if is_form {
+        parse_form(body)?
+    } else {
+        parse_json(body)?
+    };
     if parsed.events.is_empty() {
-        return Err(ApiError::InvalidRequest("the batch holds no events".to_owned()));
+        return Err(ApiError::InvalidRequest(
+            "the batch holds no events".to_owned(),
+        ));
     }
     if parsed.events.len() > limits.max_batch_events {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -64,7 +77,11 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8], limits: &BodyLimits) 
             limits.max_batch_events
         )));
     }
-    if let Some(event) = parsed.events.iter().find(|event| event.data.len() > limits.max_event_bytes) {
+    if let Some(event) = parsed
+        .events
+        .iter()
+        .find(|event| event.data.len() > limits.max_event_bytes)
+    {
         return Err(ApiError::PayloadTooLarge(format!(
             "event data of {} bytes exceeds limits.max_event_bytes ({})",
             event.data.len(),
@@ -75,7 +92,8 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8], limits: &BodyLimits) 
 }
 
 fn parse_json(body: &[u8]) -> Result<PublishBody, ApiError> {
-    let invalid = |error: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {error}"));
+    let invalid =
+        |error: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {error}"));
     let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let raw: Vec<JsonEvent<'_>> = if is_batch {
         serde_json::from_slice(body).map_err(invalid)?
@@ -102,10 +120,16 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
             "stream" => &mut stream,
             "event" => &mut event,
             "data" => &mut data,
-            other => return Err(ApiError::InvalidRequest(format!("unknown form field `{other}`"))),
+            other => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "unknown form field `{other}`"
+                )));
+            }
         };
         if slot.replace(value.into_owned()).is_some() {
-            return Err(ApiError::InvalidRequest(format!("form field `{key}` appears twice")));
+            return Err(ApiError::InvalidRequest(format!(
+                "form field `{key}` appears twice"
+            )));
         }
     }
     let missing = |field| ApiError::InvalidRequest(format!("form field `{field}` is required"));
@@ -121,7 +145,10 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
 fn new_event(stream: &str, event_type: Option<&str>, data: String) -> Result<NewEvent, ApiError> {
     Ok(NewEvent {
         stream: StreamName::try_new(stream)?,
-        event_type: event_type.filter(|t| !t.is_empty()).map(EventType::try_new).transpose()?,
+        event_type: event_type
+            .filter(|t| !t.is_empty())
+            .map(EventType::try_new)
+            .transpose()?,
         data,
     })
 }
@@ -171,7 +198,8 @@ mod tests {
         let parsed = json(r#"{"stream":"a","data":"line1\nline2"}"#).unwrap();
         assert_eq!(parsed.events[0].data, "line1\nline2");
         assert!(!parsed.is_batch);
-        let parsed = json(r#"{"stream":"a","event":"t","data":{ "z" : [1, 2.50], "a": "x y" }}"#).unwrap();
+        let parsed =
+            json(r#"{"stream":"a","event":"t","data":{ "z" : [1, 2.50], "a": "x y" }}"#).unwrap();
         assert_eq!(parsed.events[0].data, r#"{"z":[1,2.50],"a":"x y"}"#);
         assert_eq!(parsed.events[0].event_type.as_ref().unwrap().as_str(), "t");
     }
@@ -206,13 +234,23 @@ mod tests {
 
     #[test]
     fn forms_carry_one_event() {
-        let form = |body: &str| parse_body(Some("application/x-www-form-urlencoded"), body.as_bytes(), &LIMITS);
+        let form = |body: &str| {
+            parse_body(
+                Some("application/x-www-form-urlencoded"),
+                body.as_bytes(),
+                &LIMITS,
+            )
+        };
         let parsed = form("stream=a&event=t&data=hello+world%0Aline").unwrap();
         assert_eq!(parsed.events[0].data, "hello world\nline");
         assert!(form("stream=a").is_err());
         assert!(form("stream=a&data=1&data=2").is_err());
         assert!(form("stream=a&data=1&extra=2").is_err());
-        assert!(form("stream=a&data=1&event=").unwrap().events[0].event_type.is_none());
+        assert!(
+            form("stream=a&data=1&event=").unwrap().events[0]
+                .event_type
+                .is_none()
+        );
     }
 
     proptest! {

@@ -38,17 +38,37 @@ pub async fn publish_events(
     result
 }
 
-async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, body: Body) -> Result<Response, ApiError> {
+async fn publish(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Body,
+) -> Result<Response, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
     let verified = authenticate(state, headers, query, TokenSources { cookie_name: None })?;
     let limits = &state.config.limits;
-    let bytes = read_body(body, limits.max_body_bytes, state.config.server.request_timeout).await?;
-    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
-    let PublishBody { events, is_batch } = parse_body(content_type, &bytes, &BodyLimits::from(limits))?;
-    if !events.iter().all(|event| verified.claims.may_publish(&event.stream)) {
+    let bytes = read_body(
+        body,
+        limits.max_body_bytes,
+        state.config.server.request_timeout,
+    )
+    .await?;
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    let PublishBody { events, is_batch } =
+        parse_body(content_type, &bytes, &BodyLimits::from(limits))?;
+    if !events
+        .iter()
+        .all(|event| verified.claims.may_publish(&event.stream))
+    {
         return Err(AuthError::StreamNotPermitted.into());
+    }
+    // Checked again: shutdown may have begun while the body was arriving.
+    if state.shutdown.is_draining() {
+        return Err(ApiError::Draining);
     }
     let started = Instant::now();
     let count = events.len() as u64;
@@ -72,7 +92,9 @@ async fn read_body(body: Body, max_bytes: usize, timeout: Duration) -> Result<By
         Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge(format!(
             "request body exceeds limits.max_body_bytes ({max_bytes} bytes)"
         ))),
-        Ok(Err(_)) => Err(ApiError::InvalidRequest("request body could not be read".to_owned())),
+        Ok(Err(_)) => Err(ApiError::InvalidRequest(
+            "request body could not be read".to_owned(),
+        )),
     }
 }
 

@@ -1,0 +1,166 @@
+//! The real binary: `token` mints verifiable tokens, `serve` generates a secret when
+//! none is configured, serves, and exits cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use reqwest::StatusCode;
+
+use crate::support::server::SECRET;
+use crate::support::{TestServer, within};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
+
+#[tokio::test]
+async fn token_command_mints_a_token_the_gateway_accepts() {
+    let server = TestServer::start_default().await;
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("SSE_GATEWAY_AUTH__HS256_SECRET", SECRET)
+        .args([
+            "token",
+            "--sub",
+            "cli-test",
+            "--subscribe",
+            "news.*",
+            "--ttl",
+            "5m",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let allowed = server
+        .http
+        .get(server.events_url(&["news.eu"]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), StatusCode::OK);
+    let denied = server
+        .http
+        .get(server.events_url(&["sports"]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+}
+
+#[test]
+fn token_command_refuses_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("SSE_GATEWAY_AUTH__HS256_SECRET")
+        .args(["token", "--subscribe", "*"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no HS256 secret"));
+}
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("SSE_GATEWAY_SERVER__ADDR", "127.0.0.1:0")
+        .env_remove("SSE_GATEWAY_AUTH__HS256_SECRET")
+        .env("RUST_LOG", "info")
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut gateway = Gateway(child);
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let addr = within("listening line", async {
+        loop {
+            let line = lines_rx.recv().await.expect("gateway exited early");
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+    })
+    .await;
+    assert!(log.contains("generated a random one"), "{log}");
+    let secret_file = dir.path().join(".sse-gateway-secret");
+    assert!(secret_file.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&secret_file)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
+    }
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert!(!log.contains(secret.trim()), "the secret is never logged");
+
+    // `token` run in the same directory signs with the generated secret.
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("SSE_GATEWAY_AUTH__HS256_SECRET")
+        .args(["token", "--subscribe", "*"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("http://{addr}/events?stream=a"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    drop(response);
+
+    let pid = gateway.0.id().to_string();
+    assert!(
+        Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = within("exit after SIGTERM", async {
+        loop {
+            if let Some(status) = gateway.0.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,114 @@
+//! `/metrics`: names, deltas, a separate address, and no secrets in labels.
+
+use std::net::SocketAddr;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::{TestServer, test_config};
+
+const EXPORTED: &[&str] = &[
+    "sse_connections_open",
+    "sse_connections_total",
+    "sse_subscriptions_open",
+    "sse_events_published_total",
+    "sse_events_delivered_total",
+    "sse_events_replayed_total",
+    "sse_gap_notices_total",
+    "sse_auth_rejections_total",
+    "sse_publish_duration_seconds_bucket",
+    "sse_publish_to_write_seconds_bucket",
+    "sse_http_requests_total",
+    "sse_http_request_duration_seconds_bucket",
+];
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let server = TestServer::start_default().await;
+    let published_before = server.metric("sse_events_published_total").await;
+    let rejected_before = server
+        .metric("sse_auth_rejections_total{reason=\"missing_token\"}")
+        .await;
+    let mut stream = server.subscribe(&["m"], None).await;
+    let first = server.publish("m", None, json!(1)).await;
+    stream.next_event().await;
+    let mut resumed = server.subscribe(&["m"], Some("garbage")).await;
+    resumed.next_event().await;
+    let unauthorized = server
+        .http
+        .get(server.events_url(&["m"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    assert!(!first.is_empty());
+
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in EXPORTED {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(server.metric("sse_events_published_total").await >= published_before + 1.0);
+    assert!(
+        server
+            .metric("sse_auth_rejections_total{reason=\"missing_token\"}")
+            .await
+            >= rejected_before + 1.0
+    );
+    assert!(server.metric("sse_connections_open").await >= 2.0);
+}
+
+#[tokio::test]
+async fn tokens_and_stream_names_never_appear_in_metrics() {
+    let server = TestServer::start_default().await;
+    let token = server.token(&["*"], &["*"]);
+    let url = format!(
+        "{}&access_token={token}",
+        server.events_url(&["very-secret-stream-name"])
+    );
+    let _open = server.http.get(url).send().await.unwrap();
+    server
+        .publish("very-secret-stream-name", None, json!(1))
+        .await;
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains(&token));
+    assert!(!text.contains("very-secret-stream-name"));
+}
+
+#[tokio::test]
+async fn metrics_can_have_their_own_address() {
+    let mut config = test_config();
+    config.metrics.addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = TestServer::start(config).await;
+    let metrics_addr = server.metrics_addr.unwrap();
+    let separate = server
+        .http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(separate.status(), StatusCode::OK);
+    assert!(separate.text().await.unwrap().contains("sse_"));
+    let main = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(main.status(), StatusCode::NOT_FOUND);
+}
