@@ -82,7 +82,7 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
         .current_dir(dir.path())
         .env("SSE_GATEWAY_SERVER__ADDR", "127.0.0.1:0")
         .env_remove("SSE_GATEWAY_AUTH__HS256_SECRET")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "debug")
         .arg("serve")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -144,6 +144,16 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     drop(response);
+    // A token in the query string is redacted from request logs.
+    let by_query = http
+        .get(format!(
+            "http://{addr}/events?stream=b&access_token={token}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), StatusCode::OK);
+    drop(by_query);
 
     let pid = gateway.0.id().to_string();
     assert!(
@@ -163,4 +173,10 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     })
     .await;
     assert!(status.success(), "{status:?}");
+    while let Some(line) = lines_rx.recv().await {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(log.contains("access_token=<redacted>"), "{log}");
+    assert!(!log.contains(&token), "tokens are never logged");
 }

@@ -76,3 +76,50 @@ async fn shutdown_ends_open_streams_refuses_late_publishes_and_returns() {
 
     server.join().await.unwrap();
 }
+
+#[tokio::test]
+async fn cors_is_closed_unless_origins_are_configured() {
+    let closed = TestServer::start_default().await;
+    let response = closed
+        .http
+        .get(closed.url("/healthz"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !response
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
+
+    let mut config = crate::support::test_config();
+    config.cors.allowed_origins = vec!["https://app.example".to_owned()];
+    config.cors.allow_credentials = true;
+    let open = TestServer::start(config).await;
+    let preflight = open
+        .http
+        .request(reqwest::Method::OPTIONS, open.url("/events"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "last-event-id")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let other = open
+        .http
+        .get(open.url("/healthz"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
