@@ -39,6 +39,14 @@ pub const PUBLISH_TO_WRITE: &str = "sse_publish_to_write_seconds";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
+/// Every `reason` label of [`DISCONNECTS`].
+pub const DISCONNECT_REASONS: &[&str] = &[
+    "client_closed",
+    "slow_consumer",
+    "token_expired",
+    "shutdown",
+];
+
 /// Latency buckets from 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -61,6 +69,7 @@ pub fn install_recorder() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed in this process");
             describe_all();
+            register_at_zero();
             handle
         })
         .clone()
@@ -118,6 +127,36 @@ fn describe_all() {
         Unit::Seconds,
         "Time until the response head, by method and route."
     );
+}
+
+/// Exports unlabelled series from the start, so dashboards show 0 rather than no
+/// data before the first event of each kind.
+fn register_at_zero() {
+    for name in [
+        CONNECTIONS_TOTAL,
+        EVENTS_PUBLISHED,
+        EVENTS_DELIVERED,
+        EVENTS_REPLAYED,
+        GAP_NOTICES,
+        SLOW_CONSUMER_DISCONNECTS,
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for reason in DISCONNECT_REASONS {
+        metrics::counter!(DISCONNECTS, "reason" => *reason).increment(0);
+    }
+    for name in [
+        CONNECTIONS_OPEN,
+        SUBSCRIPTIONS_OPEN,
+        STREAMS_SUBSCRIBED,
+        STREAMS_BUFFERED,
+    ] {
+        metrics::gauge!(name).increment(0.0);
+    }
+    for name in [PUBLISH_DURATION, PUBLISH_TO_WRITE] {
+        // A registered histogram renders its (empty) buckets.
+        let _ = metrics::histogram!(name);
+    }
 }
 
 /// Drains histogram buffers; called periodically so they do not grow between scrapes.

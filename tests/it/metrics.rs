@@ -112,3 +112,78 @@ async fn metrics_can_have_their_own_address() {
         .unwrap();
     assert_eq!(main.status(), StatusCode::NOT_FOUND);
 }
+
+/// Metric names an expression in the Grafana dashboard refers to (histogram
+/// suffixes kept, so the series itself is checked).
+fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/sse-gateway.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(!exprs.is_empty(), "the dashboard has queries");
+    let mut names: Vec<String> = exprs
+        .iter()
+        .flat_map(|expr| expr.match_indices("sse_").map(move |(at, _)| &expr[at..]))
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => collect_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| collect_exprs(item, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    let server = TestServer::start_default().await;
+    // Touch the labelled families: an auth rejection (also a rejected connection),
+    // a rejected publish, an HTTP request.
+    let _ = server
+        .http
+        .get(server.events_url(&["d"]))
+        .send()
+        .await
+        .unwrap();
+    let _ = server
+        .post_json(&json!({"stream":"bad name","data":1}))
+        .await;
+    server.publish("d", None, json!(1)).await;
+    let text = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    for name in dashboard_metrics() {
+        assert!(
+            exported.contains(&name.as_str()),
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+}
