@@ -43,15 +43,7 @@ async fn metrics_count_what_happened() {
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     assert!(!first.is_empty());
 
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     for name in EXPORTED {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
@@ -77,15 +69,7 @@ async fn tokens_and_stream_names_never_appear_in_metrics() {
     server
         .publish("very-secret-stream-name", None, json!(1))
         .await;
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     assert!(!text.contains(&token));
     assert!(!text.contains("very-secret-stream-name"));
 }
@@ -166,15 +150,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
         .post_json(&json!({"stream":"bad name","data":1}))
         .await;
     server.publish("d", None, json!(1)).await;
-    let text = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     let exported: Vec<&str> = text
         .lines()
         .filter(|line| !line.starts_with('#'))

@@ -61,14 +61,7 @@ async fn last_event_id_query_parameter_resumes_a_first_connection() {
         server.events_url(&["a"]),
         published[0]
     );
-    let response = server
-        .http
-        .get(url)
-        .bearer_auth(server.token(&["*"], &[]))
-        .send()
-        .await
-        .unwrap();
-    let mut stream = SseStream::new(response);
+    let mut stream = server.open_url(&url, None).await;
     assert_eq!(ids(&stream.events(2).await), published[1..]);
 }
 
@@ -81,15 +74,7 @@ async fn the_header_wins_over_the_query_parameter() {
         server.events_url(&["a"]),
         published[0]
     );
-    let response = server
-        .http
-        .get(url)
-        .bearer_auth(server.token(&["*"], &[]))
-        .header("Last-Event-ID", &published[1])
-        .send()
-        .await
-        .unwrap();
-    let mut stream = SseStream::new(response);
+    let mut stream = server.open_url(&url, Some(&published[1])).await;
     assert_eq!(
         stream.next_event().await.id.as_deref(),
         Some(published[2].as_str())

@@ -50,14 +50,11 @@ async fn token_is_accepted_from_query_and_cookie() {
         .await
         .unwrap();
     assert_eq!(by_query.status(), StatusCode::OK);
+    let cookie = format!("theme=dark; sse_token={token}");
     let by_cookie = server
-        .http
-        .get(server.events_url(&["messages"]))
-        .header("Cookie", format!("theme=dark; sse_token={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(by_cookie.status(), StatusCode::OK);
+        .status_with_cookie(&server.events_url(&["messages"]), &cookie)
+        .await;
+    assert_eq!(by_cookie, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -66,22 +63,15 @@ async fn cookie_name_is_configurable() {
     config.auth.cookie_name = "gw_auth".to_owned();
     let server = TestServer::start(config).await;
     let token = server.token(&["*"], &[]);
-    let response = server
-        .http
-        .get(server.events_url(&["x"]))
-        .header("Cookie", format!("gw_auth={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let url = server.events_url(&["x"]);
+    let configured = server
+        .status_with_cookie(&url, &format!("gw_auth={token}"))
+        .await;
+    assert_eq!(configured, StatusCode::OK);
     let default_name = server
-        .http
-        .get(server.events_url(&["x"]))
-        .header("Cookie", format!("sse_token={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(default_name.status(), StatusCode::UNAUTHORIZED);
+        .status_with_cookie(&url, &format!("sse_token={token}"))
+        .await;
+    assert_eq!(default_name, StatusCode::UNAUTHORIZED);
 }
 
 async fn get_status(

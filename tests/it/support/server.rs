@@ -108,10 +108,14 @@ impl TestServer {
 
     /// Opens `GET /events` for `streams` with a token that may subscribe anywhere.
     pub async fn subscribe(&self, streams: &[&str], last_event_id: Option<&str>) -> SseStream {
-        let mut request = self
-            .http
-            .get(self.events_url(streams))
-            .bearer_auth(self.token(&["*"], &[]));
+        self.open_url(&self.events_url(streams), last_event_id)
+            .await
+    }
+
+    /// Opens an event stream at `url` (a full `/events?…` URL) with a token that may
+    /// subscribe anywhere.
+    pub async fn open_url(&self, url: &str, last_event_id: Option<&str>) -> SseStream {
+        let mut request = self.http.get(url).bearer_auth(self.token(&["*"], &[]));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -129,19 +133,33 @@ impl TestServer {
 
     /// Current value of a metric series (0 when absent), from `/metrics`.
     pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text().await, series)
+    }
+
+    /// The whole `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
         let base = self
             .metrics_addr
             .map_or_else(|| self.url(""), |addr| format!("http://{addr}"));
-        let text = self
+        let response = self
             .http
             .get(format!("{base}/metrics"))
             .send()
             .await
-            .unwrap()
-            .text()
+            .unwrap();
+        response.text().await.unwrap()
+    }
+
+    /// Status of `GET url` sending `cookie` as the `Cookie` header.
+    pub async fn status_with_cookie(&self, url: &str, cookie: &str) -> reqwest::StatusCode {
+        let response = self
+            .http
+            .get(url)
+            .header("Cookie", cookie)
+            .send()
             .await
             .unwrap();
-        metric_value(&text, series)
+        response.status()
     }
 
     /// Triggers shutdown and waits for `run` to return.
