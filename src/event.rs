@@ -56,6 +56,12 @@ impl FromStr for EventId {
     type Err = InvalidEventId;
 
     /// Accepts only plain decimal digits (no sign, no spaces), as issued.
+    ///
+    /// ```
+    /// use sse_gateway::event::EventId;
+    /// assert_eq!("1882449449004826624".parse::<EventId>().unwrap().as_u64(), 1882449449004826624);
+    /// assert!("-1".parse::<EventId>().is_err());
+    /// ```
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text.is_empty() || text.len() > 20 || !text.bytes().all(|b| b.is_ascii_digit()) {
             return Err(InvalidEventId);

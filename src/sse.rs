@@ -21,6 +21,13 @@ use crate::stream::StreamName;
 pub const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
 
 /// Encodes one event record, ending with the blank line that dispatches it.
+///
+/// ```
+/// use sse_gateway::event::{EventId, EventType};
+/// let kind = EventType::try_new("update").unwrap();
+/// let frame = sse_gateway::sse::encode_event(EventId::from_u64(42), Some(&kind), "a\r\nb");
+/// assert_eq!(&frame[..], b"id: 42\nevent: update\ndata: a\ndata: b\n\n");
+/// ```
 pub fn encode_event(id: EventId, event_type: Option<&EventType>, data: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 48);
     // `write!` into BytesMut cannot fail; the result is ignored for that reason.

@@ -53,6 +53,14 @@ impl StreamPattern {
     }
 
     /// Whether this pattern grants `stream`.
+    ///
+    /// ```
+    /// use sse_gateway::auth::StreamPattern;
+    /// use sse_gateway::stream::StreamName;
+    /// let prices = StreamPattern::try_new("prices.*").unwrap();
+    /// assert!(prices.matches(&StreamName::try_new("prices.eur").unwrap()));
+    /// assert!(!prices.matches(&StreamName::try_new("prices").unwrap()));
+    /// ```
     pub fn matches(&self, stream: &StreamName) -> bool {
         match self {
             Self::Any => true,
@@ -96,10 +104,19 @@ impl<'de> Deserialize<'de> for StreamPattern {
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    /// Expiry, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Expiry, seconds since the Unix epoch (fractions, allowed by RFC 7519, are dropped).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub exp: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before, seconds since the Unix epoch.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
@@ -135,6 +152,21 @@ impl Claims {
     pub fn may_publish(&self, stream: &StreamName) -> bool {
         self.publish.iter().any(|pattern| pattern.matches(stream))
     }
+}
+
+/// An RFC 7519 NumericDate: whole or fractional seconds (fractions truncated;
+/// negative values clamp to 0). Anything else does not parse.
+fn numeric_date<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let Some(value) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let seconds = match (value.as_u64(), value.as_i64(), value.as_f64()) {
+        (Some(whole), _, _) => whole,
+        (None, Some(_negative), _) => 0,
+        (None, None, Some(fraction)) if fraction.is_finite() => fraction.max(0.0) as u64,
+        _ => return Err(de::Error::custom("invalid NumericDate")),
+    };
+    Ok(Some(seconds))
 }
 
 /// Accepts `"x"` as well as `["x", …]`, as JWT `aud` does.
@@ -204,6 +236,14 @@ mod tests {
         assert!(claims.may_publish(&name("c.d")));
         assert!(!claims.may_publish(&name("a")));
         assert_eq!(claims.aud, ["api"]);
+    }
+
+    #[test]
+    fn numeric_dates_may_be_fractional() {
+        let claims: Claims = serde_json::from_str(r#"{"exp":1767225600.75,"nbf":-5}"#).unwrap();
+        assert_eq!(claims.exp, Some(1_767_225_600));
+        assert_eq!(claims.nbf, Some(0));
+        assert!(serde_json::from_str::<Claims>(r#"{"exp":"tomorrow"}"#).is_err());
     }
 
     #[test]

@@ -17,6 +17,9 @@ use crate::config::{Algorithm, AuthConfig, Secret};
 /// Where `serve` keeps a generated HS256 secret when none is configured.
 pub const DEFAULT_SECRET_FILE: &str = ".sse-gateway-secret";
 
+/// Shorter HS256 secrets work but earn a startup warning.
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -35,8 +38,8 @@ pub enum KeyError {
         "HS256 is enabled but no secret is configured (set auth.hs256_secret or auth.hs256_secret_file)"
     )]
     MissingSecret,
-    #[error("the HS256 secret in `{key}` must be at least 32 bytes long")]
-    WeakSecret { key: &'static str },
+    #[error("the HS256 secret in `{key}` is empty")]
+    EmptySecret { key: &'static str },
     #[error("cannot create the secret file {path}: {source}")]
     Create {
         path: PathBuf,
@@ -81,6 +84,12 @@ impl Verifier {
             let key = match alg {
                 Algorithm::HS256 => {
                     let secret = hs256_secret(auth)?.ok_or(KeyError::MissingSecret)?;
+                    if secret.expose().len() < MIN_SECRET_BYTES {
+                        tracing::warn!(
+                            "the HS256 secret is shorter than {MIN_SECRET_BYTES} bytes; \
+                             use a longer random secret in production (RFC 7518 section 3.2)"
+                        );
+                    }
                     DecodingKey::from_secret(secret.expose().as_bytes())
                 }
                 Algorithm::RS256 => load_pem(
@@ -130,6 +139,7 @@ impl Verifier {
             .ok_or(AuthError::AlgorithmNotAllowed)?;
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg))
             .map_err(|error| map_jwt_error(&error))?;
+        self.check_times(&data.claims)?;
         let expires_at = data
             .claims
             .exp
@@ -140,15 +150,35 @@ impl Verifier {
         })
     }
 
+    /// `exp` and `nbf`, checked here rather than by `jsonwebtoken` because RFC 7519
+    /// allows fractional NumericDates, which that crate refuses. A token is expired
+    /// from the second its `exp` names (plus leeway).
+    fn check_times(&self, claims: &Claims) -> Result<(), AuthError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let leeway = self.leeway.as_secs();
+        match claims.exp {
+            None if self.require_exp => return Err(AuthError::MissingClaim),
+            Some(exp) if now >= exp.saturating_add(leeway) => return Err(AuthError::TokenExpired),
+            _ => {}
+        }
+        if self.validate_nbf
+            && claims
+                .nbf
+                .is_some_and(|nbf| nbf > now.saturating_add(leeway))
+        {
+            return Err(AuthError::TokenNotYetValid);
+        }
+        Ok(())
+    }
+
     fn validation(&self, alg: jsonwebtoken::Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = self.validate_nbf;
+        // Times are checked by `check_times`; signature, `iss` and `aud` here.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.required_spec_claims.clear();
-        if self.require_exp {
-            validation.required_spec_claims.insert("exp".to_owned());
-        }
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
         }
@@ -194,7 +224,7 @@ fn load_pem(
 /// `hs256_secret_file` (surrounding whitespace trimmed); `None` when neither is set.
 ///
 /// # Errors
-/// [`KeyError`] when the file cannot be read or the secret is shorter than 32 bytes.
+/// [`KeyError`] when the file cannot be read or holds no secret.
 pub fn hs256_secret(auth: &AuthConfig) -> Result<Option<Secret>, KeyError> {
     if let Some(secret) = &auth.hs256_secret {
         return Ok(Some(secret.clone()));
@@ -209,8 +239,8 @@ pub fn hs256_secret(auth: &AuthConfig) -> Result<Option<Secret>, KeyError> {
         source,
     })?;
     let secret = text.trim();
-    if secret.len() < 32 {
-        return Err(KeyError::WeakSecret { key });
+    if secret.is_empty() {
+        return Err(KeyError::EmptySecret { key });
     }
     Ok(Some(Secret::new(secret)))
 }

@@ -33,6 +33,12 @@ pub fn is_name_byte(byte: u8) -> bool {
 impl StreamName {
     /// Validates `text` as a stream name.
     ///
+    /// ```
+    /// use sse_gateway::stream::StreamName;
+    /// assert_eq!(StreamName::try_new("prices.eur:usd").unwrap().as_str(), "prices.eur:usd");
+    /// assert!(StreamName::try_new("prices.*").is_err()); // `*` is for token patterns
+    /// ```
+    ///
     /// # Errors
     /// [`InvalidStreamName`] naming the rule broken.
     pub fn try_new(text: &str) -> Result<Self, InvalidStreamName> {

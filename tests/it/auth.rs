@@ -164,6 +164,21 @@ async fn exp_is_required_and_nbf_iss_aud_are_checked_when_configured() {
 }
 
 #[tokio::test]
+async fn fractional_numeric_dates_are_accepted() {
+    let server = TestServer::start_default().await;
+    let exp = now() as f64 + 600.5;
+    let token =
+        mint_raw_claims(&serde_json::json!({"exp": exp, "iat": exp - 600.0, "subscribe": ["*"]}));
+    assert_eq!(subscribe_status(&server, &token).await.0, StatusCode::OK);
+    let expired =
+        mint_raw_claims(&serde_json::json!({"exp": now() as f64 - 0.5, "subscribe": ["*"]}));
+    assert_eq!(
+        subscribe_status(&server, &expired).await.1["error"],
+        "token_expired"
+    );
+}
+
+#[tokio::test]
 async fn malformed_patterns_invalidate_the_token() {
     let server = TestServer::start_default().await;
     let token = mint_raw_claims(&serde_json::json!({"exp": now() + 60, "subscribe": ["a*b"]}));
