@@ -17,7 +17,7 @@
 # shown with its default). Any key can be overridden with an environment variable
 # SSE_GATEWAY_<SECTION>__<KEY> (two underscores between section and key), e.g.
 #   SSE_GATEWAY_SERVER__ADDR=0.0.0.0:8080          (set below; the file says 127.0.0.1)
-#   SSE_GATEWAY_AUTH__HS256_SECRET=...             (at least 32 bytes)
+#   SSE_GATEWAY_AUTH__HS256_SECRET=...             (32+ random bytes recommended)
 #   SSE_GATEWAY_AUTH__HS256_SECRET_FILE=/run/secrets/sse-gateway-hs256
 #   SSE_GATEWAY_AUTH__ALGORITHMS='["HS256","RS256"]'
 #   SSE_GATEWAY_LIMITS__MAX_CONNECTIONS=50000
