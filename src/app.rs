@@ -4,14 +4,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::api::{health, publish, subscribe};
+use crate::api::{demo, health, publish, subscribe, webhook};
 use crate::auth::Verifier;
 use crate::auth::extract::redacted_query;
+use crate::auth::mint::SigningKey;
+use crate::auth::webhook::Webhooks;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error;
@@ -30,6 +32,9 @@ pub struct AppState {
     pub connections: Arc<ConnectionLimiter>,
     pub shutdown: Shutdown,
     pub metrics: PrometheusHandle,
+    pub webhooks: Arc<Webhooks>,
+    /// Signs the demo page's subscribe-only token (HS256 only).
+    pub demo_signer: Option<Arc<SigningKey>>,
 }
 
 impl AppState {
@@ -48,8 +53,14 @@ pub fn router(state: AppState) -> Router {
             "/events",
             get(subscribe::open_subscription).post(publish::publish_events),
         )
+        .route("/webhooks/{stream}", post(webhook::receive_webhook))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
+    if state.config.demo.enabled {
+        router = router
+            .route("/", get(demo::demo_page))
+            .route("/demo", get(demo::demo_page));
+    }
     if state.config.metrics.enabled && state.config.metrics.addr.is_none() {
         router = router.route("/metrics", get(metrics::render_metrics));
     }

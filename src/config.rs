@@ -40,6 +40,8 @@ pub struct Config {
     pub cors: CorsConfig,
     pub metrics: MetricsConfig,
     pub backend: BackendConfig,
+    pub webhooks: WebhooksConfig,
+    pub demo: DemoConfig,
     pub log: LogConfig,
 }
 
@@ -256,6 +258,58 @@ pub struct BackendConfig {
     pub kind: BackendKind,
 }
 
+/// Who sends a webhook, which decides how it proves the shared secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookProvider {
+    /// The secret in `X-Gitlab-Token`.
+    Gitlab,
+    /// An HMAC-SHA256 of the body in `X-Hub-Signature-256`.
+    Github,
+}
+
+/// One `[[webhooks.hooks]]` entry: `POST /webhooks/{stream}` publishes the JSON body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub stream: String,
+    pub provider: WebhookProvider,
+    pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+    /// Fixed event type; default: the provider's event header.
+    pub event: Option<String>,
+}
+
+/// `[webhooks]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub hooks: Vec<WebhookConfig>,
+}
+
+/// `[demo]`: the live demo page and its sample publisher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Serve the live demo page at `/demo` (and `/`).
+    pub enabled: bool,
+    /// Publish sample server-health and CI events to `demo.servers` and `demo.ci`.
+    pub publisher: bool,
+    /// Interval between sample events.
+    #[serde(with = "duration")]
+    pub publish_interval: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            publisher: true,
+            publish_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -388,6 +442,9 @@ impl Config {
         }
         if self.streams.buffer_size == 0 {
             return invalid("streams.buffer_size", "must be at least 1");
+        }
+        if self.demo.publisher && self.demo.publish_interval.is_zero() {
+            return invalid("demo.publish_interval", "must be greater than 0s");
         }
         if self.streams.sweep_interval.is_zero() {
             return invalid("streams.sweep_interval", "must be greater than 0s");

@@ -27,7 +27,8 @@
 //! - [`subscription`]: one connection from attach to end.
 //! - [`sse`]: the wire format, encoded once.
 //! - [`backend`]: the `Backend` trait and the in-memory backend.
-//! - [`api`]: HTTP handlers.
+//! - [`api`]: HTTP handlers (subscribe, publish, webhooks, health, demo page).
+//! - [`demo`]: the sample publisher behind the demo page.
 //! - [`metrics`]: metric names, recorder, HTTP layer, `/metrics`.
 
 pub mod api;
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod metrics;

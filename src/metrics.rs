@@ -36,6 +36,7 @@ pub const SLOW_CONSUMER_DISCONNECTS: &str = "sse_slow_consumer_disconnects_total
 pub const AUTH_REJECTIONS: &str = "sse_auth_rejections_total";
 pub const PUBLISH_DURATION: &str = "sse_publish_duration_seconds";
 pub const PUBLISH_TO_WRITE: &str = "sse_publish_to_write_seconds";
+pub const WEBHOOKS: &str = "sse_webhooks_total";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
@@ -121,6 +122,7 @@ fn describe_all() {
         Unit::Seconds,
         "Delay from an event's acceptance to its write to a subscriber."
     );
+    describe_counter!(WEBHOOKS, "Webhook requests, by outcome.");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION,

@@ -8,9 +8,14 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::app::{self, AppState};
+use crate::auth::keys::hs256_secret;
+use crate::auth::mint::SigningKey;
+use crate::auth::webhook::{WebhookError, Webhooks};
 use crate::auth::{KeyError, Verifier};
 use crate::backend::{Backend, MemoryBackend};
+use crate::config::Algorithm;
 use crate::config::{BackendKind, Config};
+use crate::demo;
 use crate::metrics;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
@@ -21,6 +26,8 @@ use crate::subscription::ConnectionLimiter;
 pub enum ServerError {
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Webhooks(#[from] WebhookError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -74,6 +81,13 @@ pub async fn run(
     let grace = state.config.server.shutdown_grace;
 
     let upkeep = tokio::spawn(upkeep_periodically(state.clone()));
+    if state.config.demo.publisher {
+        tokio::spawn(demo::publish_samples(
+            state.backend.clone(),
+            state.config.demo.publish_interval,
+            shutdown.token().clone(),
+        ));
+    }
     let metrics_server = listeners.metrics.map(|listener| {
         let router = app::metrics_router(state.clone());
         let stopped = shutdown.token().clone();
@@ -115,6 +129,15 @@ pub async fn run(
 
 fn build_state(config: Config) -> Result<AppState, ServerError> {
     let verifier = Verifier::from_config(&config.auth)?;
+    let webhooks = Webhooks::from_config(&config.webhooks.hooks)?;
+    let demo_signer = match hs256_secret(&config.auth)? {
+        Some(secret)
+            if config.demo.enabled && config.auth.algorithms.contains(&Algorithm::HS256) =>
+        {
+            Some(Arc::new(SigningKey::hs256(secret.expose())))
+        }
+        _ => None,
+    };
     let registry = Arc::new(StreamRegistry::new(
         config.limits.max_streams,
         config.limits.subscriber_queue,
@@ -130,6 +153,8 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         registry,
         shutdown: Shutdown::new(),
         metrics: metrics::install_recorder(),
+        webhooks: Arc::new(webhooks),
+        demo_signer,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod claims;
 pub mod extract;
 pub mod keys;
 pub mod mint;
+pub mod webhook;
 
 pub use claims::{Claims, StreamPattern};
 pub use keys::{KeyError, Verified, Verifier};

@@ -9,6 +9,7 @@
 mod auth;
 mod cli;
 mod delivery;
+mod demo;
 mod interop;
 mod limits;
 mod metrics;
@@ -17,4 +18,5 @@ mod publish;
 mod replay;
 mod subscribe;
 mod support;
+mod webhook;
 mod wire;

@@ -156,7 +156,7 @@ fn new_event(stream: &str, event_type: Option<&str>, data: String) -> Result<New
 /// Removes insignificant whitespace from already-validated JSON text. Hand-written
 /// because re-serialising through `serde_json::Value` would reorder keys and round
 /// large numbers.
-fn compact_json(text: &str) -> String {
+pub(crate) fn compact_json(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let (mut in_string, mut escaped) = (false, false);
     for ch in text.chars() {

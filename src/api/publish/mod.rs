@@ -2,7 +2,7 @@
 
 mod body;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
@@ -10,16 +10,16 @@ use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::json;
 
-use super::authenticate;
+use super::{authenticate, read_body};
 use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::auth::extract::TokenSources;
 use crate::error::ApiError;
 use crate::metrics as m;
 
+pub(crate) use body::compact_json;
 pub use body::{BodyLimits, PublishBody, parse_body};
 
 /// Authenticates, reads and validates the whole body, checks the `publish` claim
@@ -81,30 +81,4 @@ async fn publish(
         _ => json!({ "ids": ids }),
     };
     Ok(Json(reply).into_response())
-}
-
-/// Reads the body within the size limit and the request timeout (slow senders
-/// must not hold a connection forever).
-async fn read_body(body: Body, max_bytes: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_bytes)).await {
-        Err(_) => Err(ApiError::RequestTimeout),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge(format!(
-            "request body exceeds limits.max_body_bytes ({max_bytes} bytes)"
-        ))),
-        Ok(Err(_)) => Err(ApiError::InvalidRequest(
-            "request body could not be read".to_owned(),
-        )),
-    }
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if current.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = current.source();
-    }
-    false
 }

@@ -25,6 +25,8 @@ pub fn test_config() -> Config {
     config.server.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     config.server.shutdown_grace = Duration::from_secs(5);
     config.auth.hs256_secret = Some(Secret::new(SECRET));
+    // Tests that want sample events turn the demo publisher on themselves.
+    config.demo.publisher = false;
     config
 }
 

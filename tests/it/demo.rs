@@ -1,0 +1,78 @@
+//! The demo page and the sample publisher over HTTP (browser tests live in `browser`).
+
+use reqwest::StatusCode;
+
+use crate::support::{TestServer, test_config};
+
+#[tokio::test]
+async fn the_demo_page_is_served_with_a_subscribe_only_demo_token() {
+    let server = TestServer::start_default().await;
+    let response = server.http.get(server.url("/demo")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = response.text().await.unwrap();
+    assert!(
+        !page.contains("/*SSE_DEMO_CONFIG*/null"),
+        "the config placeholder is replaced"
+    );
+    let token = page
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a token");
+    let demo = server
+        .http
+        .get(server.events_url(&["demo.ci"]))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(demo.status(), StatusCode::OK);
+    let other = server
+        .http
+        .get(server.events_url(&["orders"]))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    let publish = server
+        .http
+        .post(server.url("/events"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"stream":"demo.ci","data":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(publish.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_demo_can_be_turned_off() {
+    let mut config = test_config();
+    config.demo.enabled = false;
+    let server = TestServer::start(config).await;
+    let response = server.http.get(server.url("/demo")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_demo_publisher_emits_health_and_pipeline_events() {
+    let mut config = test_config();
+    config.demo.publisher = true;
+    config.demo.publish_interval = std::time::Duration::from_millis(20);
+    let server = TestServer::start(config).await;
+    let mut stream = server.subscribe(&["demo.servers", "demo.ci"], None).await;
+    let events = stream.events(6).await;
+    assert!(events.iter().any(|e| e.event == "health"));
+    assert!(events.iter().any(|e| e.event == "pipeline"));
+    for event in events {
+        let data: serde_json::Value = serde_json::from_str(&event.data).unwrap();
+        assert!(data["stream"].as_str().unwrap().starts_with("demo."));
+    }
+}
