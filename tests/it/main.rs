@@ -7,9 +7,11 @@
 )]
 
 mod auth;
+mod browser;
 mod cli;
 mod delivery;
 mod demo;
+mod dockerfile;
 mod interop;
 mod limits;
 mod metrics;

@@ -163,3 +163,47 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
         );
     }
 }
+
+#[tokio::test]
+async fn metrics_pass_promtool_check() {
+    let server = TestServer::start_default().await;
+    let _ = server
+        .http
+        .get(server.events_url(&["p"]))
+        .send()
+        .await
+        .unwrap();
+    server.publish("p", None, json!(1)).await;
+    let text = server.metrics_text().await;
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_and_stdin(text.as_bytes());
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&promtool.stdout),
+        String::from_utf8_lossy(&promtool.stderr)
+    );
+    assert!(
+        promtool.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+/// Runs a command with `input` on its standard input.
+trait OutputAndStdin {
+    fn output_and_stdin(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl OutputAndStdin for std::process::Command {
+    fn output_and_stdin(&mut self, input: &[u8]) -> std::process::Output {
+        use std::io::Write as _;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool is installed (run the tests with scripts/test)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}

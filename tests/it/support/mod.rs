@@ -1,5 +1,7 @@
 //! Test support: a real gateway on port 0, token minting, an SSE reader.
 
+pub mod browser;
+pub mod proxy;
 pub mod server;
 pub mod sse;
 

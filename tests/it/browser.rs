@@ -1,0 +1,202 @@
+//! Real-browser tests in headless Chromium: the demo page, `EventSource` with
+//! `?access_token=`, the browser's own reconnect with `Last-Event-ID`, gap notices.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::browser::Browser;
+use crate::support::proxy::ChaosProxy;
+use crate::support::{TestServer, test_config};
+
+/// Installs an `EventSource` on the current page that records every event.
+const LISTEN: &str = r#"
+    window.got = []; window.gaps = []; window.opens = 0;
+    const source = new EventSource(arguments[0]);
+    source.onopen = () => { window.opens += 1; };
+    source.onmessage = (e) => window.got.push({ id: e.lastEventId, data: e.data });
+    source.addEventListener('gap', (e) => window.gaps.push(JSON.parse(e.data)));
+    window.source = source;
+"#;
+
+fn ids(got: &Value) -> Vec<String> {
+    got.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_demo_page_shows_published_events_live() {
+    let mut config = test_config();
+    config.demo.publisher = true;
+    config.demo.publish_interval = Duration::from_millis(100);
+    let server = TestServer::start(config).await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/demo")).await;
+    browser
+        .wait_for("the page to connect", "window.demoState === 'open'")
+        .await;
+    let health = json!({"stream":"demo.servers","host":"web-test","cpu":0.42,"mem":0.63,"status":"ok","at":"2026-11-21T07:00:00Z"});
+    let id = server.publish("demo.servers", Some("health"), health).await;
+    let pipeline = json!({"stream":"demo.ci","pipeline":"api","run":7,"stage":"test","status":"passed","duration_s":42});
+    server.publish("demo.ci", Some("pipeline"), pipeline).await;
+    browser
+        .wait_for(
+            "the host card",
+            r#"document.querySelector('[data-host="web-test"]')"#,
+        )
+        .await;
+    browser
+        .wait_for(
+            "the pipeline row",
+            r#"document.querySelector('[data-pipeline="api"]')"#,
+        )
+        .await;
+    let logged = browser
+        .eval("return window.demoEvents.map(e => e.id);", vec![])
+        .await;
+    assert!(logged.as_array().unwrap().contains(&json!(id)));
+    // Let the sample publisher fill the page before the screenshot.
+    browser
+        .wait_for("sample events", "window.demoEvents.length >= 15")
+        .await;
+    let shown = browser
+        .eval(
+            "return document.querySelector('#last-event-id').textContent;",
+            vec![],
+        )
+        .await;
+    assert!(shown.as_str().unwrap().contains(char::is_numeric));
+    browser.screenshot("demo").await;
+}
+
+#[tokio::test]
+async fn an_event_source_with_an_access_token_receives_two_streams() {
+    let server = TestServer::start_default().await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/healthz")).await;
+    let token = server.token(&["alpha", "beta"], &[]);
+    browser
+        .eval(
+            LISTEN,
+            vec![json!(format!(
+                "/events?stream=alpha&stream=beta&access_token={token}"
+            ))],
+        )
+        .await;
+    browser
+        .wait_for("the stream to open", "window.opens === 1")
+        .await;
+    let first = server.publish("alpha", None, json!("from alpha")).await;
+    let second = server.publish("beta", None, json!({"from": "beta"})).await;
+    let got = browser
+        .wait_for("two events", "window.got.length >= 2 && window.got")
+        .await;
+    assert_eq!(ids(&got), [first, second]);
+    assert_eq!(got[0]["data"], "from alpha");
+    assert_eq!(got[1]["data"], r#"{"from":"beta"}"#);
+}
+
+#[tokio::test]
+async fn the_browser_reconnects_with_last_event_id_and_loses_nothing() {
+    let mut config = test_config();
+    config.server.retry = Duration::from_millis(200);
+    let server = TestServer::start(config).await;
+    let proxy = ChaosProxy::start(server.addr).await;
+    let browser = Browser::start().await;
+    browser
+        .goto(&format!("http://{}/healthz", proxy.addr))
+        .await;
+    let token = server.token(&["r"], &[]);
+    browser
+        .eval(
+            LISTEN,
+            vec![json!(format!("/events?stream=r&access_token={token}"))],
+        )
+        .await;
+    browser
+        .wait_for("the stream to open", "window.opens === 1")
+        .await;
+    let mut published = vec![
+        server.publish("r", None, json!(1)).await,
+        server.publish("r", None, json!(2)).await,
+    ];
+    browser
+        .wait_for("the first events", "window.got.length === 2")
+        .await;
+
+    // The connection drops; events keep coming while the browser is away.
+    proxy.cut(true);
+    for i in 3..=5 {
+        published.push(server.publish("r", None, json!(i)).await);
+    }
+    proxy.unblock();
+    browser
+        .wait_for("the browser to reconnect", "window.opens >= 2")
+        .await;
+    published.push(server.publish("r", None, json!(6)).await);
+    let got = browser
+        .wait_for("every event", "window.got.length >= 6 && window.got")
+        .await;
+    assert_eq!(
+        ids(&got),
+        published,
+        "nothing lost, nothing duplicated, in order"
+    );
+    let gaps = browser.eval("return window.gaps.length;", vec![]).await;
+    assert_eq!(gaps, json!(0));
+}
+
+#[tokio::test]
+async fn a_gap_notice_reaches_the_page() {
+    let mut config = test_config();
+    config.server.retry = Duration::from_millis(200);
+    config.streams.buffer_size = 2;
+    let server = TestServer::start(config).await;
+    let proxy = ChaosProxy::start(server.addr).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://{}/demo", proxy.addr)).await;
+    browser
+        .wait_for("the demo page to connect", "window.demoState === 'open'")
+        .await;
+    let first = server.publish("demo.ci", None, json!("before")).await;
+    browser
+        .wait_for(
+            "the first event",
+            &format!("window.demoEvents.some(e => e.id === '{first}')"),
+        )
+        .await;
+
+    // More events than the buffer holds are published while the page is cut off.
+    proxy.cut(true);
+    let mut missed = Vec::new();
+    for i in 0..5 {
+        missed.push(server.publish("demo.ci", None, json!(i)).await);
+    }
+    proxy.unblock();
+    let gap = browser
+        .wait_for(
+            "the gap notice",
+            "window.demoEvents.find(e => e.type === 'gap')",
+        )
+        .await;
+    let data: Value = serde_json::from_str(gap["data"].as_str().unwrap()).unwrap();
+    assert_eq!(data["streams"], json!(["demo.ci"]));
+    browser
+        .wait_for(
+            "the gap banner",
+            "getComputedStyle(document.querySelector('#gap-banner')).display !== 'none'",
+        )
+        .await;
+    // After the notice, what the buffer still holds: the last two events.
+    let last = missed.last().unwrap();
+    browser
+        .wait_for(
+            "the retained events",
+            &format!("window.demoEvents.some(e => e.id === '{last}')"),
+        )
+        .await;
+    browser.screenshot("gap").await;
+}
