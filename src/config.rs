@@ -563,6 +563,18 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_parses_and_turns_the_demo_off() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/production.toml"
+        ))
+        .unwrap();
+        let config = Config::from_toml(&text).expect("deploy/production.toml is valid");
+        assert!(!config.demo.enabled && !config.demo.publisher);
+        assert_eq!(config.webhooks.hooks.len(), 1);
+    }
+
+    #[test]
     fn durations_are_human_readable() {
         let config = Config::from_toml("[server]\nheartbeat_interval = \"250ms\"").unwrap();
         assert_eq!(config.server.heartbeat_interval, Duration::from_millis(250));

@@ -92,8 +92,11 @@ impl IntoResponse for ApiError {
         let reason = self.reason();
         let message = match &self {
             // Backend detail stays in the log; the client gets the generic text.
-            Self::Backend(BackendError::Unavailable(detail)) => {
-                tracing::error!(%detail, "backend unavailable");
+            Self::Backend(error) => {
+                metrics::counter!(m::BACKEND_ERRORS, "reason" => reason).increment(1);
+                if let BackendError::Unavailable(detail) = error {
+                    tracing::error!(%detail, "backend unavailable");
+                }
                 self.to_string()
             }
             Self::Auth(error) => {

@@ -37,6 +37,7 @@ pub const AUTH_REJECTIONS: &str = "sse_auth_rejections_total";
 pub const PUBLISH_DURATION: &str = "sse_publish_duration_seconds";
 pub const PUBLISH_TO_WRITE: &str = "sse_publish_to_write_seconds";
 pub const WEBHOOKS: &str = "sse_webhooks_total";
+pub const BACKEND_ERRORS: &str = "sse_backend_errors_total";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
@@ -123,6 +124,10 @@ fn describe_all() {
         "Delay from an event's acceptance to its write to a subscriber."
     );
     describe_counter!(WEBHOOKS, "Webhook requests, by outcome.");
+    describe_counter!(
+        BACKEND_ERRORS,
+        "Operations the backend could not serve, by reason."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -144,6 +149,10 @@ fn register_at_zero() {
     ] {
         metrics::counter!(name).increment(0);
     }
+    for reason in ["stream_limit", "backend_unavailable"] {
+        metrics::counter!(BACKEND_ERRORS, "reason" => reason).increment(0);
+    }
+    metrics::counter!(WEBHOOKS, "outcome" => "published").increment(0);
     for reason in DISCONNECT_REASONS {
         metrics::counter!(DISCONNECTS, "reason" => *reason).increment(0);
     }
