@@ -249,6 +249,8 @@ pub enum BackendKind {
     /// Embedded, in-process: one node, history lost on restart (announced by gap notices).
     #[default]
     Memory,
+    /// Redis: ids and history in Redis, every node fans out to its own subscribers.
+    Redis,
 }
 
 /// `[backend]`.
@@ -256,6 +258,41 @@ pub enum BackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub kind: BackendKind,
+    pub redis: RedisConfig,
+}
+
+/// `[backend.redis]`: used when `backend.kind = "redis"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
+    pub url: Secret,
+    /// Prefix of every key and channel, so deployments can share a Redis.
+    pub key_prefix: String,
+    /// Multiplexed command connections (each pipelines many requests).
+    pub connections: usize,
+    /// Time allowed to establish a connection.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Time allowed for one command; a publish that takes longer answers 503.
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
+    /// How often the node checks Redis (readiness, lost data) and retries a lost link.
+    #[serde(with = "duration")]
+    pub health_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("redis://127.0.0.1:6379"),
+            key_prefix: "sse:".to_owned(),
+            connections: 2,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            health_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Who sends a webhook, which decides how it proves the shared secret.
@@ -445,6 +482,17 @@ impl Config {
         }
         if self.demo.publisher && self.demo.publish_interval.is_zero() {
             return invalid("demo.publish_interval", "must be greater than 0s");
+        }
+        if self.backend.redis.connections == 0 {
+            return invalid("backend.redis.connections", "must be at least 1");
+        }
+        if self.backend.redis.health_interval.is_zero() {
+            return invalid("backend.redis.health_interval", "must be greater than 0s");
+        }
+        if self.backend.kind == BackendKind::Redis
+            && !self.backend.redis.url.expose().starts_with("redis")
+        {
+            return invalid("backend.redis.url", "must start with redis:// or rediss://");
         }
         if self.streams.sweep_interval.is_zero() {
             return invalid("streams.sweep_interval", "must be greater than 0s");

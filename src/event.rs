@@ -26,6 +26,8 @@ pub struct EventId(u64);
 impl EventId {
     /// The id below every id the gateway issues.
     pub const ZERO: Self = Self(0);
+    /// Above every id; marks frames that are not events (live gap notices).
+    pub const MAX: Self = Self(u64::MAX);
 
     pub const fn from_u64(value: u64) -> Self {
         Self(value)

@@ -38,6 +38,8 @@ pub const PUBLISH_DURATION: &str = "sse_publish_duration_seconds";
 pub const PUBLISH_TO_WRITE: &str = "sse_publish_to_write_seconds";
 pub const WEBHOOKS: &str = "sse_webhooks_total";
 pub const BACKEND_ERRORS: &str = "sse_backend_errors_total";
+pub const BACKEND_RECONNECTS: &str = "sse_backend_reconnects_total";
+pub const NOTIFICATION_LAG: &str = "sse_backend_notification_lag_seconds";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
@@ -127,6 +129,15 @@ fn describe_all() {
     describe_counter!(
         BACKEND_ERRORS,
         "Operations the backend could not serve, by reason."
+    );
+    describe_counter!(
+        BACKEND_RECONNECTS,
+        "Times the node re-established its Redis notification link."
+    );
+    describe_histogram!(
+        NOTIFICATION_LAG,
+        Unit::Seconds,
+        "Delay from an event's id timestamp (Redis clock) to its arrival on this node."
     );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(

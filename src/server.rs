@@ -12,7 +12,7 @@ use crate::auth::keys::hs256_secret;
 use crate::auth::mint::SigningKey;
 use crate::auth::webhook::{WebhookError, Webhooks};
 use crate::auth::{KeyError, Verifier};
-use crate::backend::{Backend, MemoryBackend};
+use crate::backend::{Backend, BackendError, MemoryBackend, RedisBackend};
 use crate::config::Algorithm;
 use crate::config::{BackendKind, Config};
 use crate::demo;
@@ -28,6 +28,8 @@ pub enum ServerError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Webhooks(#[from] WebhookError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
     #[error("cannot bind {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -144,6 +146,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
     ));
     let backend: Arc<dyn Backend> = match config.backend.kind {
         BackendKind::Memory => MemoryBackend::start(&config, Arc::clone(&registry)),
+        BackendKind::Redis => RedisBackend::start(&config, Arc::clone(&registry))?,
     };
     Ok(AppState {
         connections: ConnectionLimiter::new(config.limits.max_connections),

@@ -8,6 +8,7 @@
 //! [`StreamRegistry`]: crate::stream::StreamRegistry
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::event::{EventId, Frame, NewEvent};
 use crate::stream::{StreamName, SubscriberQueue};
 
 pub use memory::MemoryBackend;
+pub use redis::RedisBackend;
 
 /// Why a backend could not do what was asked. Never silently: publishes that fail
 /// are answered `503` and nothing of the request is stored.

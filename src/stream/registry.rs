@@ -135,6 +135,11 @@ impl StreamRegistry {
         subscribers.len()
     }
 
+    /// Whether `stream` has local subscribers.
+    pub fn contains(&self, stream: &StreamName) -> bool {
+        self.streams.contains_key(stream)
+    }
+
     /// Streams with at least one local subscriber.
     pub fn len(&self) -> usize {
         self.streams.len()
