@@ -9,6 +9,7 @@
 mod auth;
 mod browser;
 mod cli;
+mod conformance;
 mod delivery;
 mod demo;
 mod dockerfile;
@@ -17,6 +18,7 @@ mod limits;
 mod metrics;
 mod operations;
 mod publish;
+mod redis;
 mod replay;
 mod subscribe;
 mod support;

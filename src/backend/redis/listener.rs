@@ -312,6 +312,7 @@ impl Listener {
         invocation
             .key(self.shared.keys.meta())
             .key(self.shared.keys.idle())
+            .key(self.shared.keys.trimmed())
             .arg(&self.shared.keys.prefix)
             .arg(self.shared.ttl_ms);
         if let Err(error) = invocation.invoke_async::<i64>(&mut connection).await {

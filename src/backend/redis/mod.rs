@@ -80,6 +80,9 @@ impl Keys {
     fn idle(&self) -> String {
         format!("{}idle", self.prefix)
     }
+    fn trimmed(&self) -> String {
+        format!("{}trimmed", self.prefix)
+    }
     fn channel(&self, stream: &StreamName) -> String {
         format!("{}n:{stream}", self.prefix)
     }
@@ -156,7 +159,9 @@ impl Shared {
         invocation
             .key(self.keys.meta())
             .key(self.keys.seq())
+            .key(self.keys.trimmed())
             .arg(&self.keys.prefix)
+            .arg(self.buffer_size)
             .arg(self.ttl_ms)
             .arg(&self.epoch_seed)
             .arg(after);
@@ -185,7 +190,7 @@ struct History {
 struct StreamHistory {
     name: StreamName,
     present: bool,
-    max_deleted: EventId,
+    trimmed_through: EventId,
     frames: Vec<Arc<Frame>>,
 }
 
@@ -211,7 +216,7 @@ impl History {
     /// Whether every event of `stream` after `after` is in this read.
     fn is_complete_after(&self, stream: &StreamHistory, after: EventId) -> bool {
         let known_after = if stream.present {
-            stream.max_deleted
+            stream.trimmed_through
         } else {
             self.reclaimed
         };
@@ -221,7 +226,7 @@ impl History {
 
 impl StreamHistory {
     fn parse(value: &Value) -> Result<Self, BackendError> {
-        let [name, present, max_deleted, entries] = array(value)? else {
+        let [name, present, trimmed_through, entries] = array(value)? else {
             return Err(malformed());
         };
         let name = StreamName::try_new(&text(name)?).map_err(|_| malformed())?;
@@ -233,7 +238,7 @@ impl StreamHistory {
         Ok(Self {
             name,
             present,
-            max_deleted: id_from_redis(&text(max_deleted)?)?,
+            trimmed_through: id_from_redis(&text(trimmed_through)?)?,
             frames,
         })
     }
@@ -387,6 +392,7 @@ impl Backend for RedisBackend {
             .key(shared.keys.meta())
             .key(shared.keys.seq())
             .key(shared.keys.idle())
+            .key(shared.keys.trimmed())
             .arg(&shared.keys.prefix)
             .arg(shared.buffer_size)
             .arg(shared.ttl_ms)

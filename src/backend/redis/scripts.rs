@@ -6,6 +6,7 @@
 //!   gateway's ids: strictly increasing across all streams and nodes;
 //! - `P` `s:NAME`: a Redis Stream per gateway stream, trimmed to the buffer size/age;
 //! - `P` `idle`: sorted set of stream names by last publish, for reclamation;
+//! - `P` `trimmed`: hash of stream name → newest id removed from its history;
 //! - channel `P` `n:NAME`: one notification per event, `id \n type \n data`.
 //!
 //! Redis Cluster is not supported: these scripts touch keys in many hash slots.
@@ -30,35 +31,51 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function max_deleted(key)
-  local info = redis.call('XINFO', 'STREAM', key)
-  for i = 1, #info, 2 do
-    if info[i] == 'max-deleted-entry-id' then return info[i + 1] end
+-- Trims a history to `size` entries and, when `cutoff` (ms) is given, to entries not
+-- older than it, recording the newest id removed in the `trimmed` hash: Redis does
+-- not remember ids removed by trimming, and resumes need it to prove completeness.
+local function trim(trimmed, key, stream, size, cutoff)
+  local mark = nil
+  local excess = redis.call('XLEN', key) - size
+  if excess > 0 then
+    local removed = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+    mark = removed[#removed][1]
+    redis.call('XTRIM', key, 'MAXLEN', size)
   end
-  return '0-0'
+  if cutoff then
+    local expired = redis.call('XREVRANGE', key, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
+    if #expired > 0 then
+      mark = expired[1][1]
+      redis.call('XTRIM', key, 'MINID', cutoff .. '-0')
+    end
+  end
+  if mark then
+    local previous = redis.call('HGET', trimmed, stream)
+    if (not previous) or id_lt(previous, mark) then redis.call('HSET', trimmed, stream, mark) end
+  end
 end
 ";
 
-/// KEYS: meta, seq, idle. ARGV: prefix, buffer_size, ttl_ms (0 = none), new_epoch,
-/// then `stream, type, data` per event. Returns `{epoch, id…}`.
+/// KEYS: meta, seq, idle, trimmed. ARGV: prefix, buffer_size, ttl_ms (0 = none),
+/// new_epoch, then `stream, type, data` per event. Returns `{epoch, id…}`.
 pub(super) fn publish() -> String {
     format!(
         "{PRELUDE}{}",
         r"
-local meta, seq, idle = KEYS[1], KEYS[2], KEYS[3]
-local prefix, size, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local meta, seq, idle, trimmed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, size, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local epoch = ensure_epoch(meta, seq, ARGV[4])
 local now = now_ms()
+local cutoff = nil
+if ttl > 0 then cutoff = now - ttl end
 local result = {epoch}
 for i = 5, #ARGV, 3 do
   local stream, kind, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local id = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
   local key = prefix .. 's:' .. stream
-  redis.call('XADD', key, 'MAXLEN', size, id, 't', kind, 'd', data)
-  if ttl > 0 then
-    redis.call('XTRIM', key, 'MINID', tostring(now - ttl))
-    redis.call('ZADD', idle, now, stream)
-  end
+  redis.call('XADD', key, id, 't', kind, 'd', data)
+  trim(trimmed, key, stream, size, cutoff)
+  if cutoff then redis.call('ZADD', idle, now, stream) end
   redis.call('PUBLISH', prefix .. 'n:' .. stream, id .. '\n' .. kind .. '\n' .. data)
   result[#result + 1] = id
 end
@@ -67,29 +84,33 @@ return result
     )
 }
 
-/// KEYS: meta, seq. ARGV: prefix, ttl_ms, new_epoch, after (`ms-seq`), streams…
-/// Returns `{epoch, floor, reclaimed, last_id, {name, present, max_deleted, entries}…}`,
-/// read in one atomic step so the replay is a consistent cut across streams.
+/// KEYS: meta, seq, trimmed. ARGV: prefix, buffer_size, ttl_ms, new_epoch, after
+/// (`ms-seq`), streams… Returns `{epoch, floor, reclaimed, last_id, {name, present,
+/// trimmed_through, entries}…}`, read in one atomic step so the replay is a
+/// consistent cut across streams.
 pub(super) fn replay() -> String {
     format!(
         "{PRELUDE}{}",
         r"
-local meta, seq = KEYS[1], KEYS[2]
-local prefix, ttl, after = ARGV[1], tonumber(ARGV[2]), ARGV[4]
-local epoch = ensure_epoch(meta, seq, ARGV[3])
+local meta, seq, trimmed = KEYS[1], KEYS[2], KEYS[3]
+local prefix, size, ttl, after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5]
+local epoch = ensure_epoch(meta, seq, ARGV[4])
 local state = redis.call('HMGET', meta, 'floor', 'reclaimed')
 local last = redis.call('XREVRANGE', seq, '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
-local now = now_ms()
+local cutoff = nil
+if ttl > 0 then cutoff = now_ms() - ttl end
 local result = {epoch, state[1], state[2], last_id}
-for i = 5, #ARGV do
-  local key = prefix .. 's:' .. ARGV[i]
+for i = 6, #ARGV do
+  local stream = ARGV[i]
+  local key = prefix .. 's:' .. stream
   if redis.call('EXISTS', key) == 1 then
-    if ttl > 0 then redis.call('XTRIM', key, 'MINID', tostring(now - ttl)) end
-    result[#result + 1] = {ARGV[i], 1, max_deleted(key), redis.call('XRANGE', key, '(' .. after, '+')}
+    trim(trimmed, key, stream, size, cutoff)
+    local through = redis.call('HGET', trimmed, stream) or '0-0'
+    result[#result + 1] = {stream, 1, through, redis.call('XRANGE', key, '(' .. after, '+')}
   else
-    result[#result + 1] = {ARGV[i], 0, '0-0', {}}
+    result[#result + 1] = {stream, 0, '0-0', {}}
   end
 end
 return result
@@ -97,14 +118,14 @@ return result
     )
 }
 
-/// KEYS: meta, idle. ARGV: prefix, ttl_ms. Trims and deletes history keys idle for
-/// longer than the age limit, raising `reclaimed` so resumes stay provable. Bounded
-/// to 100 streams per run.
+/// KEYS: meta, idle, trimmed. ARGV: prefix, ttl_ms. Deletes history keys idle for
+/// longer than the age limit, folding what they lost into `reclaimed` so resumes stay
+/// provable. Bounded to 100 streams per run.
 pub(super) fn reclaim() -> String {
     format!(
         "{PRELUDE}{}",
         r"
-local meta, idle = KEYS[1], KEYS[2]
+local meta, idle, trimmed = KEYS[1], KEYS[2], KEYS[3]
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
 local cutoff = now_ms() - ttl
 local names = redis.call('ZRANGEBYSCORE', idle, '-inf', cutoff, 'LIMIT', 0, 100)
@@ -112,11 +133,12 @@ local reclaimed = redis.call('HGET', meta, 'reclaimed') or '0-0'
 for _, name in ipairs(names) do
   local key = prefix .. 's:' .. name
   if redis.call('EXISTS', key) == 1 then
-    redis.call('XTRIM', key, 'MINID', tostring(cutoff))
+    trim(trimmed, key, name, redis.call('XLEN', key), cutoff)
     if redis.call('XLEN', key) == 0 then
-      local deleted = max_deleted(key)
-      if id_lt(reclaimed, deleted) then reclaimed = deleted end
+      local through = redis.call('HGET', trimmed, name) or '0-0'
+      if id_lt(reclaimed, through) then reclaimed = through end
       redis.call('DEL', key)
+      redis.call('HDEL', trimmed, name)
     end
   end
   redis.call('ZREM', idle, name)

@@ -2,6 +2,7 @@
 
 pub mod browser;
 pub mod proxy;
+pub mod redis;
 pub mod server;
 pub mod sse;
 
