@@ -23,8 +23,13 @@ use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
 struct Args {
+    /// Node the subscribers connect to.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
+    /// Node the events are published to (default: `--addr`); another node of the
+    /// same Redis-backed deployment measures cross-node delivery.
+    #[arg(long)]
+    publish_addr: Option<String>,
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
     #[arg(long, default_value_t = 2000)]
@@ -182,6 +187,10 @@ async fn main() -> anyhow::Result<()> {
     let idle = args.pid.and_then(proc_figures);
 
     let http = reqwest::Client::new();
+    let publish_addr = args
+        .publish_addr
+        .clone()
+        .unwrap_or_else(|| args.addr.clone());
     let padding = "x".repeat(args.size.saturating_sub(40));
     let publish_started = Instant::now();
     for seq in 0..args.events {
@@ -191,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let body = serde_json::json!({"stream": "bench", "data": format!("seq:{seq}:ts:{}:{padding}", now_us())});
         let response = http
-            .post(format!("http://{}/events", args.addr))
+            .post(format!("http://{publish_addr}/events"))
             .bearer_auth(&token)
             .json(&body)
             .send()
@@ -248,6 +257,15 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "lost {}  duplicated {}  out of order {}",
         total.lost, total.duplicated, total.out_of_order
+    );
+    println!(
+        "RESULT deliveries_per_s={:.0} p50_us={} p99_us={} lost={} duplicated={} out_of_order={}",
+        total.received as f64 / window.as_secs_f64(),
+        percentile(l, 0.5),
+        percentile(l, 0.99),
+        total.lost,
+        total.duplicated,
+        total.out_of_order
     );
     if let (Some((cpu0, _)), Some((_, idle_rss)), Some((cpu1, _))) = (idle, idle, after) {
         println!(

@@ -164,6 +164,8 @@ fn register_at_zero() {
         metrics::counter!(BACKEND_ERRORS, "reason" => reason).increment(0);
     }
     metrics::counter!(WEBHOOKS, "outcome" => "published").increment(0);
+    metrics::counter!(BACKEND_RECONNECTS).increment(0);
+    let _ = metrics::histogram!(NOTIFICATION_LAG);
     for reason in DISCONNECT_REASONS {
         metrics::counter!(DISCONNECTS, "reason" => *reason).increment(0);
     }
