@@ -19,7 +19,7 @@ wait_ready() { for _ in $(seq 200); do curl -sf "http://$1/readyz" >/dev/null &&
 
 export SSE_GATEWAY_AUTH__HS256_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export SSE_GATEWAY_SERVER__WORKER_THREADS=1 SSE_GATEWAY_DEMO__PUBLISHER=false SSE_GATEWAY_LOG__LEVEL=warn
-export SSE_GATEWAY_LIMITS__SUBSCRIBER_QUEUE=65536 SSE_GATEWAY_STREAMS__BUFFER_SIZE=10000
+export SSE_GATEWAY_LIMITS__SUBSCRIBER_QUEUE=65536 SSE_GATEWAY_STREAMS__BUFFER_SIZE=10000 SSE_GATEWAY_LIMITS__MAX_CONNECTIONS_PER_SUBJECT=0
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT

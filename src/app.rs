@@ -17,6 +17,7 @@ use crate::auth::webhook::Webhooks;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error;
+use crate::limits::Limiter;
 use crate::metrics;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub backend: Arc<dyn Backend>,
     pub registry: Arc<StreamRegistry>,
     pub connections: Arc<ConnectionLimiter>,
+    pub limiter: Arc<Limiter>,
     pub shutdown: Shutdown,
     pub metrics: PrometheusHandle,
     pub webhooks: Arc<Webhooks>,
@@ -42,6 +44,7 @@ impl AppState {
         StreamTiming {
             heartbeat: self.config.server.heartbeat_interval,
             retry: self.config.server.retry,
+            retry_jitter: self.config.server.retry_jitter,
         }
     }
 }

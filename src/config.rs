@@ -65,6 +65,13 @@ pub struct ServerConfig {
     /// Time allowed to receive a publish request body.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Time a client has to send complete request headers (slowloris protection).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// Spread added to `retry` in the last `retry:` line sent when the gateway ends a
+    /// stream (shutdown, token expiry), so clients do not all come back at once.
+    #[serde(with = "duration")]
+    pub retry_jitter: Duration,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +83,8 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             worker_threads: 0,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            retry_jitter: Duration::from_secs(5),
         }
     }
 }
@@ -197,6 +206,16 @@ pub struct LimitsConfig {
     pub max_batch_events: usize,
     /// Events queued per subscriber before it counts as too slow and is disconnected.
     pub subscriber_queue: usize,
+    /// Open event streams per token subject (`sub`, else the token itself); 0 = no limit.
+    pub max_connections_per_subject: usize,
+    /// Events per second one subject may publish; 0 = no limit.
+    pub publish_rate_per_subject: u32,
+    /// Events a subject may publish in a burst above the rate; 0 = the rate.
+    pub publish_burst: u32,
+    /// New event streams per second this node accepts; 0 = no limit.
+    pub subscribe_rate: u32,
+    /// New event streams accepted in a burst above the rate; 0 = the rate.
+    pub subscribe_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -209,6 +228,11 @@ impl Default for LimitsConfig {
             max_body_bytes: 1024 * 1024,
             max_batch_events: 1000,
             subscriber_queue: 1024,
+            max_connections_per_subject: 1000,
+            publish_rate_per_subject: 0,
+            publish_burst: 0,
+            subscribe_rate: 0,
+            subscribe_burst: 0,
         }
     }
 }
@@ -474,6 +498,9 @@ impl Config {
                 reason: reason.to_owned(),
             })
         };
+        if self.server.header_read_timeout.is_zero() {
+            return invalid("server.header_read_timeout", "must be greater than 0s");
+        }
         if self.server.heartbeat_interval.is_zero() {
             return invalid("server.heartbeat_interval", "must be greater than 0s");
         }

@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::auth::AuthError;
 use crate::backend::BackendError;
 use crate::event::InvalidEventType;
+use crate::limits::LimitError;
 use crate::metrics as m;
 use crate::stream::InvalidStreamName;
 
@@ -43,6 +44,8 @@ pub enum ApiError {
     Draining,
     #[error("cannot store the events now")]
     Backend(#[from] BackendError),
+    #[error(transparent)]
+    Limited(#[from] LimitError),
     #[error("not found")]
     NotFound,
 }
@@ -63,6 +66,9 @@ impl ApiError {
             Self::Draining => "draining",
             Self::Backend(BackendError::StreamLimit) => "stream_limit",
             Self::Backend(BackendError::Unavailable(_)) => "backend_unavailable",
+            Self::Limited(LimitError::SubjectConnections) => "subject_connection_limit",
+            Self::Limited(LimitError::PublishRate { .. }) => "publish_rate_limit",
+            Self::Limited(LimitError::SubscribeRate { .. }) => "subscribe_rate_limit",
             Self::NotFound => "not_found",
         }
     }
@@ -78,9 +84,13 @@ impl ApiError {
             | Self::InvalidEventType(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::ConnectionLimit | Self::Draining | Self::Backend(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            Self::Limited(LimitError::SubjectConnections | LimitError::PublishRate { .. }) => {
+                StatusCode::TOO_MANY_REQUESTS
             }
+            Self::ConnectionLimit
+            | Self::Draining
+            | Self::Backend(_)
+            | Self::Limited(LimitError::SubscribeRate { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -113,8 +123,19 @@ impl IntoResponse for ApiError {
         {
             headers.insert(WWW_AUTHENTICATE, www_authenticate(*error));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        let retry_after = match &self {
+            Self::Limited(
+                LimitError::PublishRate { retry_after } | LimitError::SubscribeRate { retry_after },
+            ) => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE
+                || status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Some(1)
+            }
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

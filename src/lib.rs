@@ -24,6 +24,7 @@
 //! - [`auth`]: JWT verification, claims and patterns, token sources, minting.
 //! - [`stream`]: stream names, replay buffers, the local fan-out registry.
 //! - [`event`]: events, ids and the id-ordering contract.
+//! - [`limits`]: per-subject connection and publish-rate limits, node subscribe rate.
 //! - [`subscription`]: one connection from attach to end.
 //! - [`sse`]: the wire format, encoded once.
 //! - [`backend`]: the `Backend` trait and the in-memory backend.
@@ -40,6 +41,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod limits;
 pub mod metrics;
 pub mod server;
 pub mod shutdown;

@@ -46,6 +46,12 @@ pub fn encode_preamble(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n: connected\n\n", retry.as_millis()))
 }
 
+/// A lone `retry:` line (and the blank line ending the record, which dispatches
+/// nothing): sets the client's reconnection delay.
+pub fn encode_retry(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+}
+
 /// A gap notice: an event of type `gap` whose data is JSON naming the streams whose
 /// replay could not be proven complete. It carries no id, so a client's
 /// `Last-Event-ID` still points at what it really received.

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, Resume};
 use crate::event::{EventId, Frame};
+use crate::limits::SubjectSlot;
 use crate::metrics as m;
 use crate::sse;
 use crate::stream::{StreamName, StreamRegistry, SubscriberQueue};
@@ -82,6 +83,15 @@ impl Drop for ConnectionSlot {
 pub struct StreamTiming {
     pub heartbeat: Duration,
     pub retry: Duration,
+    /// Spread added to `retry` in the last line of a stream the gateway ends.
+    pub retry_jitter: Duration,
+}
+
+/// What a subscription holds against the node's limits; released when it ends.
+#[derive(Debug)]
+pub struct Slots {
+    pub connection: ConnectionSlot,
+    pub subject: SubjectSlot,
 }
 
 /// What a new subscription asks for.
@@ -129,7 +139,8 @@ pub struct Subscription {
     delivered: metrics::Counter,
     replayed: metrics::Counter,
     write_delay: metrics::Histogram,
-    _slot: ConnectionSlot,
+    timing: StreamTiming,
+    _slots: Slots,
 }
 
 impl std::fmt::Debug for Subscription {
@@ -151,7 +162,7 @@ impl Subscription {
         request: SubscriptionRequest,
         timing: StreamTiming,
         shutdown: CancellationToken,
-        slot: ConnectionSlot,
+        slots: Slots,
     ) -> Result<Self, BackendError> {
         let (queue, receiver) = registry.new_queue();
         let replay = backend
@@ -184,7 +195,8 @@ impl Subscription {
             delivered: metrics::counter!(m::EVENTS_DELIVERED),
             replayed: metrics::counter!(m::EVENTS_REPLAYED),
             write_delay: metrics::histogram!(m::PUBLISH_TO_WRITE),
-            _slot: slot,
+            timing,
+            _slots: slots,
         })
     }
 
@@ -268,11 +280,24 @@ impl Subscription {
         chunk.finish()
     }
 
+    /// Ends the stream. When the gateway ends it (shutdown, token expiry) the last
+    /// line is a `retry:` with a random share of `retry_jitter` added, so clients
+    /// spread their reconnects instead of all coming back in the same second.
     fn end(&mut self, reason: EndReason) -> Option<Bytes> {
         self.ended = Some(reason);
         metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
         tracing::debug!(reason = reason.label(), "event stream ended");
-        None
+        match reason {
+            EndReason::Shutdown | EndReason::TokenExpired => {
+                let jitter_ms =
+                    u64::try_from(self.timing.retry_jitter.as_millis()).unwrap_or(u64::MAX);
+                let extra = rand::Rng::random_range(&mut rand::rng(), 0..=jitter_ms);
+                Some(sse::encode_retry(
+                    self.timing.retry + Duration::from_millis(extra),
+                ))
+            }
+            EndReason::SlowConsumer | EndReason::ClientClosed => None,
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::event::EventId;
 use crate::metrics as m;
 use crate::stream::StreamName;
-use crate::subscription::{Subscription, SubscriptionRequest};
+use crate::subscription::{Slots, Subscription, SubscriptionRequest};
 
 /// Header browsers send when they reconnect.
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -53,7 +53,8 @@ async fn open(
     {
         return Err(AuthError::StreamNotPermitted.into());
     }
-    let slot = state
+    let subject = state.limiter.admit_stream(&verified.subject)?;
+    let connection = state
         .connections
         .try_acquire()
         .ok_or(ApiError::ConnectionLimit)?;
@@ -73,7 +74,10 @@ async fn open(
         request,
         state.stream_timing(),
         state.shutdown.token().clone(),
-        slot,
+        Slots {
+            connection,
+            subject,
+        },
     )
     .await?;
     let headers = [

@@ -47,11 +47,13 @@ pub enum KeyError {
     },
 }
 
-/// A verified token: its claims and when it expires.
+/// A verified token: its claims, when it expires, and whom limits count it against.
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub claims: Claims,
     pub expires_at: Option<SystemTime>,
+    /// The `sub` claim, or the token's signature when it has none.
+    pub subject: String,
 }
 
 /// Checks signatures and registered claims as `[auth]` says.
@@ -144,9 +146,14 @@ impl Verifier {
             .claims
             .exp
             .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+        let subject = match &data.claims.sub {
+            Some(sub) => format!("sub:{sub}"),
+            None => format!("token:{}", token.rsplit('.').next().unwrap_or_default()),
+        };
         Ok(Verified {
             claims: data.claims,
             expires_at,
+            subject,
         })
     }
 

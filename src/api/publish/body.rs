@@ -115,8 +115,8 @@ fn parse_json(body: &[u8]) -> Result<PublishBody, ApiError> {
 
 fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
     let (mut stream, mut event, mut data) = (None, None, None);
-    for (key, value) in form_urlencoded::parse(body) {
-        let slot = match &*key {
+    for (key, value) in form_pairs(body)? {
+        let slot = match key.as_str() {
             "stream" => &mut stream,
             "event" => &mut event,
             "data" => &mut data,
@@ -126,7 +126,7 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
                 )));
             }
         };
-        if slot.replace(value.into_owned()).is_some() {
+        if slot.replace(value).is_some() {
             return Err(ApiError::InvalidRequest(format!(
                 "form field `{key}` appears twice"
             )));
@@ -139,6 +139,29 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
         events: vec![new_event(&stream, event.as_deref(), data)?],
         is_batch: false,
     })
+}
+
+/// `application/x-www-form-urlencoded` pairs, refusing invalid UTF-8 rather than
+/// replacing it (`form_urlencoded::parse` would substitute U+FFFD silently).
+fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |part: &[u8]| {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+        String::from_utf8(bytes)
+            .map_err(|_| ApiError::InvalidRequest("form body is not valid UTF-8".to_owned()))
+    };
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut halves = pair.splitn(2, |&b| b == b'=');
+            let key = decode(halves.next().unwrap_or_default())?;
+            let value = decode(halves.next().unwrap_or_default())?;
+            Ok((key, value))
+        })
+        .collect()
 }
 
 /// An empty `event` means untyped (browsers dispatch it to `onmessage`).

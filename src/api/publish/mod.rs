@@ -66,6 +66,9 @@ async fn publish(
     {
         return Err(AuthError::StreamNotPermitted.into());
     }
+    state
+        .limiter
+        .admit_publish(&verified.subject, events.len())?;
     // Checked again: shutdown may have begun while the body was arriving.
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);

@@ -1,5 +1,10 @@
 //! `run`: build the state, serve the router, shut down in order. Used by `main` and
 //! by the integration tests, so tests exercise exactly the production wiring.
+//! `http` holds the accept loop.
+
+mod http;
+
+pub use http::HttpSettings;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,6 +21,7 @@ use crate::backend::{Backend, BackendError, MemoryBackend, RedisBackend};
 use crate::config::Algorithm;
 use crate::config::{BackendKind, Config};
 use crate::demo;
+use crate::limits::Limiter;
 use crate::metrics;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
@@ -90,28 +96,33 @@ pub async fn run(
             shutdown.token().clone(),
         ));
     }
+    let settings = HttpSettings {
+        header_read_timeout: state.config.server.header_read_timeout,
+    };
     let metrics_server = listeners.metrics.map(|listener| {
         let router = app::metrics_router(state.clone());
-        let stopped = shutdown.token().clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await
-        })
+        tokio::spawn(http::serve(
+            listener,
+            router,
+            settings,
+            shutdown.token().clone(),
+        ))
     });
-
+    // Draining first (readyz fails, publishes get 503), ending every event stream
+    // (the token the subscriptions select on) and stopping the accept loops.
     let on_signal = {
         let shutdown = shutdown.clone();
-        async move {
+        tokio::spawn(async move {
             signal.await;
-            // Draining first (readyz fails, publishes get 503), then ending every
-            // event stream; returning stops the accept loop.
             shutdown.begin();
-        }
+        })
     };
-    let serve = axum::serve(listeners.main, app::router(state.clone()))
-        .with_graceful_shutdown(on_signal)
-        .into_future();
+    let serve = http::serve(
+        listeners.main,
+        app::router(state.clone()),
+        settings,
+        shutdown.token().clone(),
+    );
     let deadline = async {
         shutdown.token().cancelled().await;
         tokio::time::sleep(grace).await;
@@ -120,6 +131,7 @@ pub async fn run(
         result = serve => result?,
         () = deadline => tracing::warn!(?grace, "shutdown grace elapsed; abandoning open connections"),
     }
+    on_signal.abort();
     if let Some(metrics_server) = metrics_server {
         metrics_server.abort();
     }
@@ -150,6 +162,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
     };
     Ok(AppState {
         connections: ConnectionLimiter::new(config.limits.max_connections),
+        limiter: Limiter::from_config(&config.limits),
         config: Arc::new(config),
         verifier: Arc::new(verifier),
         backend,
@@ -166,5 +179,6 @@ async fn upkeep_periodically(state: AppState) {
     loop {
         ticks.tick().await;
         metrics::run_upkeep(&state.metrics, &state);
+        state.limiter.retain_recent();
     }
 }
