@@ -12,6 +12,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use sse_gateway::event::{EventId, EventType, Frame};
 use sse_gateway::sse;
 use sse_gateway::stream::{StreamName, StreamRegistry};
+use tokio_util::sync::CancellationToken;
 
 fn encode(c: &mut Criterion) {
     let event_type = EventType::try_new("price").unwrap();
@@ -34,9 +35,7 @@ fn encode(c: &mut Criterion) {
 }
 
 fn fan_out(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let _guard = runtime.enter();
     let mut group = c.benchmark_group("registry_deliver");
     for subscribers in [10_usize, 1_000] {
@@ -44,7 +43,7 @@ fn fan_out(c: &mut Criterion) {
         let stream = StreamName::try_new("bench").unwrap();
         let mut receivers = Vec::new();
         for _ in 0..subscribers {
-            let (queue, receiver) = registry.new_queue();
+            let (queue, receiver) = registry.new_queue(CancellationToken::new());
             registry.attach(&stream, &queue).unwrap();
             receivers.push(receiver);
         }
@@ -54,19 +53,15 @@ fn fan_out(c: &mut Criterion) {
             bytes: Bytes::from(vec![b'x'; 100]),
         });
         group.throughput(Throughput::Elements(subscribers as u64));
-        group.bench_with_input(
-            BenchmarkId::from_parameter(subscribers),
-            &subscribers,
-            |b, _| {
-                b.iter(|| {
-                    registry.deliver(&stream, &frame);
-                    // Drain so queues never fill (a full queue would detach the subscriber).
-                    for receiver in &mut receivers {
-                        while receiver.try_recv().is_ok() {}
-                    }
-                });
-            },
-        );
+        group.bench_with_input(BenchmarkId::from_parameter(subscribers), &subscribers, |b, _| {
+            b.iter(|| {
+                registry.deliver(&stream, &frame);
+                // Drain so queues never fill (a full queue would detach the subscriber).
+                for receiver in &mut receivers {
+                    while receiver.try_recv().is_ok() {}
+                }
+            });
+        });
     }
     group.finish();
 }

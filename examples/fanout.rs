@@ -55,10 +55,7 @@ struct Outcome {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
 }
 
 fn token(secret: &str) -> anyhow::Result<String> {
@@ -79,9 +76,7 @@ async fn subscribe(
     opened: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<Outcome> {
     let mut socket = TcpStream::connect(&addr).await?;
-    let request = format!(
-        "GET /events?stream=bench HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
-    );
+    let request = format!("GET /events?stream=bench HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n");
     socket.write_all(request.as_bytes()).await?;
     let mut outcome = Outcome::default();
     let mut next_seq = 0_u64;
@@ -178,19 +173,13 @@ async fn main() -> anyhow::Result<()> {
         )));
     }
     for _ in 0..args.subscribers {
-        opened_rx
-            .recv()
-            .await
-            .context("a subscriber failed to open")?;
+        opened_rx.recv().await.context("a subscriber failed to open")?;
     }
     let connect_time = connect_started.elapsed();
     let idle = args.pid.and_then(proc_figures);
 
     let http = reqwest::Client::new();
-    let publish_addr = args
-        .publish_addr
-        .clone()
-        .unwrap_or_else(|| args.addr.clone());
+    let publish_addr = args.publish_addr.clone().unwrap_or_else(|| args.addr.clone());
     let padding = "x".repeat(args.size.saturating_sub(40));
     let publish_started = Instant::now();
     for seq in 0..args.events {
@@ -205,11 +194,7 @@ async fn main() -> anyhow::Result<()> {
             .json(&body)
             .send()
             .await?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "publish failed: {}",
-            response.status()
-        );
+        anyhow::ensure!(response.status().is_success(), "publish failed: {}", response.status());
     }
     let publish_time = publish_started.elapsed();
     let mut total = Outcome::default();

@@ -23,6 +23,12 @@ use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
 use crate::subscription::{ConnectionLimiter, StreamTiming};
 
+/// Cancel to close the client's TCP connection at once. The accept loop puts one
+/// in every request's extensions; a subscription that overflows its queue uses it,
+/// because a client that stopped reading would never see the stream end otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCloser(pub tokio_util::sync::CancellationToken);
+
 /// Everything a handler needs; clones share the same node.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -71,6 +77,8 @@ pub fn router(state: AppState) -> Router {
     let router = router
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn(metrics::track_http))
+        // A bug must cost one request a 500, never the connection or the process.
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
         .layer(trace_layer())
         .with_state(state);
     match cors {

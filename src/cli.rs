@@ -67,9 +67,7 @@ fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
         "RS256" => Ok(Algorithm::RS256),
         "ES256" => Ok(Algorithm::ES256),
         "EDDSA" => Ok(Algorithm::EdDSA),
-        _ => Err(format!(
-            "unsupported algorithm `{text}` (HS256, RS256, ES256, EdDSA)"
-        )),
+        _ => Err(format!("unsupported algorithm `{text}` (HS256, RS256, ES256, EdDSA)")),
     }
 }
 
@@ -95,10 +93,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
 /// to mint tokens. The secret itself is never logged.
 fn prepare_hs256_secret(config: &mut Config) -> anyhow::Result<()> {
     let auth = &mut config.auth;
-    if !auth.algorithms.contains(&Algorithm::HS256)
-        || auth.hs256_secret.is_some()
-        || auth.hs256_secret_file.is_some()
-    {
+    if !auth.algorithms.contains(&Algorithm::HS256) || auth.hs256_secret.is_some() || auth.hs256_secret_file.is_some() {
         return Ok(());
     }
     let path = Path::new(DEFAULT_SECRET_FILE);
@@ -110,10 +105,7 @@ fn prepare_hs256_secret(config: &mut Config) -> anyhow::Result<()> {
              set auth.hs256_secret_file or SSE_GATEWAY_AUTH__HS256_SECRET in production"
         );
     } else {
-        tracing::info!(
-            file = DEFAULT_SECRET_FILE,
-            "using the HS256 secret generated earlier"
-        );
+        tracing::info!(file = DEFAULT_SECRET_FILE, "using the HS256 secret generated earlier");
     }
     auth.hs256_secret_file = Some(path.to_owned());
     Ok(())
@@ -151,10 +143,7 @@ pub fn mint_token(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
     };
     let patterns = |list: &[String]| -> anyhow::Result<Vec<StreamPattern>> {
         list.iter()
-            .map(|text| {
-                StreamPattern::try_new(text)
-                    .with_context(|| format!("invalid stream pattern `{text}`"))
-            })
+            .map(|text| StreamPattern::try_new(text).with_context(|| format!("invalid stream pattern `{text}`")))
             .collect()
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

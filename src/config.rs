@@ -476,9 +476,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] as for [`Config::load`].
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::extract(
-            &Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)),
-        )
+        Self::extract(&Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)))
     }
 
     fn extract(figment: &Figment) -> Result<Self, ConfigError> {
@@ -516,9 +514,7 @@ impl Config {
         if self.backend.redis.health_interval.is_zero() {
             return invalid("backend.redis.health_interval", "must be greater than 0s");
         }
-        if self.backend.kind == BackendKind::Redis
-            && !self.backend.redis.url.expose().starts_with("redis")
-        {
+        if self.backend.kind == BackendKind::Redis && !self.backend.redis.url.expose().starts_with("redis") {
             return invalid("backend.redis.url", "must start with redis:// or rediss://");
         }
         if self.streams.sweep_interval.is_zero() {
@@ -555,22 +551,14 @@ impl Config {
                 reason: format!("{alg:?} is enabled but its public key file is not set"),
             });
         }
-        if self
-            .auth
-            .hs256_secret
-            .as_ref()
-            .is_some_and(|s| s.expose().is_empty())
-        {
+        if self.auth.hs256_secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
             return invalid("auth.hs256_secret", "must not be empty (unset it instead)");
         }
         if self.auth.cookie_name.is_empty() {
             return invalid("auth.cookie_name", "must not be empty");
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
-            return invalid(
-                "cors.allowed_origins",
-                "`*` cannot be combined with allow_credentials",
-            );
+            return invalid("cors.allowed_origins", "`*` cannot be combined with allow_credentials");
         }
         Ok(())
     }
@@ -583,16 +571,11 @@ mod duration {
 
     use serde::{Deserialize, Deserializer, Serializer, de};
 
-    pub(super) fn serialize<S: Serializer>(
-        value: &Duration,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_duration(*value))
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -639,11 +622,7 @@ mod tests {
 
     #[test]
     fn the_production_example_parses_and_turns_the_demo_off() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/production.toml"
-        ))
-        .unwrap();
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/production.toml")).unwrap();
         let config = Config::from_toml(&text).expect("deploy/production.toml is valid");
         assert!(!config.demo.enabled && !config.demo.publisher);
         assert_eq!(config.webhooks.hooks.len(), 1);
@@ -683,18 +662,12 @@ mod tests {
     }
 
     #[test]
-    #[expect(
-        clippy::result_large_err,
-        reason = "figment::Jail's closure signature is fixed"
-    )]
+    #[expect(clippy::result_large_err, reason = "figment::Jail's closure signature is fixed")]
     fn environment_overrides_file_keys() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("gw.toml", "[server]\naddr = \"127.0.0.1:1111\"")?;
             jail.set_env("SSE_GATEWAY_SERVER__ADDR", "127.0.0.1:2222");
-            jail.set_env(
-                "SSE_GATEWAY_AUTH__HS256_SECRET",
-                "12345678901234567890123456789012345",
-            );
+            jail.set_env("SSE_GATEWAY_AUTH__HS256_SECRET", "12345678901234567890123456789012345");
             jail.set_env("SSE_GATEWAY_CONFIG", "ignored.toml");
             let config = Config::load(Some(Path::new("gw.toml"))).expect("loads");
             assert_eq!(config.server.addr.port(), 2222);

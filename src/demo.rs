@@ -21,11 +21,7 @@ const PIPELINES: [&str; 3] = ["api", "web", "billing"];
 const STAGES: [&str; 3] = ["build", "test", "deploy"];
 
 /// Publishes sample events every `interval` until `stop` is cancelled.
-pub async fn publish_samples(
-    backend: Arc<dyn Backend>,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+pub async fn publish_samples(backend: Arc<dyn Backend>, interval: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick: u64 = 0;

@@ -115,8 +115,7 @@ impl IntoResponse for ApiError {
             }
             _ => self.to_string(),
         };
-        let mut response =
-            (status, Json(json!({ "error": reason, "message": message }))).into_response();
+        let mut response = (status, Json(json!({ "error": reason, "message": message }))).into_response();
         let headers = response.headers_mut();
         if let Self::Auth(error) = &self
             && status == StatusCode::UNAUTHORIZED
@@ -124,14 +123,10 @@ impl IntoResponse for ApiError {
             headers.insert(WWW_AUTHENTICATE, www_authenticate(*error));
         }
         let retry_after = match &self {
-            Self::Limited(
-                LimitError::PublishRate { retry_after } | LimitError::SubscribeRate { retry_after },
-            ) => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            _ if status == StatusCode::SERVICE_UNAVAILABLE
-                || status == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                Some(1)
+            Self::Limited(LimitError::PublishRate { retry_after } | LimitError::SubscribeRate { retry_after }) => {
+                Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS => Some(1),
             _ => None,
         };
         if let Some(seconds) = retry_after {

@@ -117,11 +117,9 @@ impl IdClock {
 }
 
 fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX >> SEQUENCE_BITS)
-        })
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX >> SEQUENCE_BITS)
+    })
 }
 
 /// The SSE event type; never contains CR, LF or NUL and is never the reserved `gap`.
@@ -227,16 +225,7 @@ mod tests {
     #[test]
     fn event_ids_parse_only_plain_decimals() {
         assert_eq!("42".parse::<EventId>(), Ok(EventId::from_u64(42)));
-        for bad in [
-            "",
-            "-1",
-            "+1",
-            " 1",
-            "1 ",
-            "abc",
-            "1e3",
-            "99999999999999999999999",
-        ] {
+        for bad in ["", "-1", "+1", " 1", "1 ", "abc", "1e3", "99999999999999999999999"] {
             assert_eq!(bad.parse::<EventId>(), Err(InvalidEventId), "{bad:?}");
         }
     }
@@ -244,23 +233,11 @@ mod tests {
     #[test]
     fn event_types_reject_line_breaks_nul_and_gap() {
         assert!(EventType::try_new("price-update").is_ok());
-        assert_eq!(
-            EventType::try_new("a\nb"),
-            Err(InvalidEventType::ControlCharacter)
-        );
-        assert_eq!(
-            EventType::try_new("a\rb"),
-            Err(InvalidEventType::ControlCharacter)
-        );
-        assert_eq!(
-            EventType::try_new("a\0b"),
-            Err(InvalidEventType::ControlCharacter)
-        );
+        assert_eq!(EventType::try_new("a\nb"), Err(InvalidEventType::ControlCharacter));
+        assert_eq!(EventType::try_new("a\rb"), Err(InvalidEventType::ControlCharacter));
+        assert_eq!(EventType::try_new("a\0b"), Err(InvalidEventType::ControlCharacter));
         assert_eq!(EventType::try_new("gap"), Err(InvalidEventType::Reserved));
         assert_eq!(EventType::try_new(""), Err(InvalidEventType::Empty));
-        assert_eq!(
-            EventType::try_new(&"x".repeat(300)),
-            Err(InvalidEventType::TooLong)
-        );
+        assert_eq!(EventType::try_new(&"x".repeat(300)), Err(InvalidEventType::TooLong));
     }
 }

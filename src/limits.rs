@@ -46,10 +46,8 @@ impl Limiter {
         Arc::new(Self {
             max_per_subject: limits.max_connections_per_subject,
             open_per_subject: DashMap::new(),
-            publish: quota(limits.publish_rate_per_subject, limits.publish_burst)
-                .map(RateLimiter::keyed),
-            subscribe: quota(limits.subscribe_rate, limits.subscribe_burst)
-                .map(RateLimiter::direct),
+            publish: quota(limits.publish_rate_per_subject, limits.publish_burst).map(RateLimiter::keyed),
+            subscribe: quota(limits.subscribe_rate, limits.subscribe_burst).map(RateLimiter::direct),
         })
     }
 
@@ -86,8 +84,7 @@ impl Limiter {
         let Some(limiter) = &self.publish else {
             return Ok(());
         };
-        let n =
-            NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let n = NonZeroU32::new(u32::try_from(events).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
         match limiter.check_key_n(&subject.to_owned(), n) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(LimitError::PublishRate {
@@ -111,8 +108,7 @@ impl Limiter {
         if let Some(mut open) = self.open_per_subject.get_mut(subject) {
             *open = open.saturating_sub(1);
         }
-        self.open_per_subject
-            .remove_if(subject, |_, open| *open == 0);
+        self.open_per_subject.remove_if(subject, |_, open| *open == 0);
     }
 }
 
@@ -146,10 +142,7 @@ mod tests {
         let limiter = limits(|l| l.max_connections_per_subject = 2);
         let a1 = limiter.admit_stream("a").unwrap();
         let _a2 = limiter.admit_stream("a").unwrap();
-        assert_eq!(
-            limiter.admit_stream("a").unwrap_err(),
-            LimitError::SubjectConnections
-        );
+        assert_eq!(limiter.admit_stream("a").unwrap_err(), LimitError::SubjectConnections);
         let _b = limiter.admit_stream("b").unwrap();
         drop(a1);
         let _a3 = limiter.admit_stream("a").unwrap();
@@ -183,9 +176,7 @@ mod tests {
     #[test]
     fn zero_means_unlimited() {
         let limiter = limits(|l| l.max_connections_per_subject = 0);
-        let slots: Vec<_> = (0..5000)
-            .map(|_| limiter.admit_stream("a").unwrap())
-            .collect();
+        let slots: Vec<_> = (0..5000).map(|_| limiter.admit_stream("a").unwrap()).collect();
         assert_eq!(slots.len(), 5000);
         limiter.admit_publish("a", 1_000_000).unwrap();
     }

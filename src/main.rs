@@ -20,18 +20,14 @@ fn main() -> anyhow::Result<()> {
             if config.server.worker_threads > 0 {
                 runtime.worker_threads(config.server.worker_threads);
             }
-            let runtime = runtime
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?;
+            let runtime = runtime.enable_all().build().context("starting the tokio runtime")?;
             runtime.block_on(cli::serve(config))
         }
     }
 }
 
 fn init_tracing(config: &Config) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));

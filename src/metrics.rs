@@ -44,17 +44,11 @@ pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
 /// Every `reason` label of [`DISCONNECTS`].
-pub const DISCONNECT_REASONS: &[&str] = &[
-    "client_closed",
-    "slow_consumer",
-    "token_expired",
-    "shutdown",
-];
+pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "shutdown"];
 
 /// Latency buckets from 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -91,21 +85,12 @@ fn describe_all() {
         SUBSCRIPTIONS_OPEN,
         "Stream subscriptions held by open connections (connection x stream)."
     );
-    describe_gauge!(
-        STREAMS_SUBSCRIBED,
-        "Streams with at least one subscriber on this node."
-    );
-    describe_gauge!(
-        STREAMS_BUFFERED,
-        "Streams holding replay history on this node."
-    );
+    describe_gauge!(STREAMS_SUBSCRIBED, "Streams with at least one subscriber on this node.");
+    describe_gauge!(STREAMS_BUFFERED, "Streams holding replay history on this node.");
     describe_counter!(EVENTS_PUBLISHED, "Events accepted by the backend.");
     describe_counter!(PUBLISH_REJECTIONS, "Publish requests refused, by reason.");
     describe_counter!(EVENTS_DELIVERED, "Live events written to subscribers.");
-    describe_counter!(
-        EVENTS_REPLAYED,
-        "Events written to subscribers from replay history."
-    );
+    describe_counter!(EVENTS_REPLAYED, "Events written to subscribers from replay history.");
     describe_counter!(GAP_NOTICES, "Gap notices sent to resuming subscribers.");
     describe_counter!(
         SLOW_CONSUMER_DISCONNECTS,
@@ -115,21 +100,14 @@ fn describe_all() {
         AUTH_REJECTIONS,
         "Requests refused by authentication or authorisation, by reason."
     );
-    describe_histogram!(
-        PUBLISH_DURATION,
-        Unit::Seconds,
-        "Time to accept a publish request."
-    );
+    describe_histogram!(PUBLISH_DURATION, Unit::Seconds, "Time to accept a publish request.");
     describe_histogram!(
         PUBLISH_TO_WRITE,
         Unit::Seconds,
         "Delay from an event's acceptance to its write to a subscriber."
     );
     describe_counter!(WEBHOOKS, "Webhook requests, by outcome.");
-    describe_counter!(
-        BACKEND_ERRORS,
-        "Operations the backend could not serve, by reason."
-    );
+    describe_counter!(BACKEND_ERRORS, "Operations the backend could not serve, by reason.");
     describe_counter!(
         BACKEND_RECONNECTS,
         "Times the node re-established its Redis notification link."

@@ -53,12 +53,15 @@ pub fn encode_retry(retry: Duration) -> Bytes {
 }
 
 /// A gap notice: an event of type `gap` whose data is JSON naming the streams whose
-/// replay could not be proven complete. It carries no id, so a client's
-/// `Last-Event-ID` still points at what it really received.
-pub fn encode_gap_notice(streams: &[StreamName]) -> Bytes {
+/// replay could not be proven complete. Its `id` is one the client already holds
+/// (the id it resumed from, or the last one delivered before a live gap): a
+/// spec-strict client sets its last event id from every dispatched event, so an
+/// id-less notice would erase its resume point.
+pub fn encode_gap_notice(streams: &[StreamName], id: EventId) -> Bytes {
     let names: Vec<&str> = streams.iter().map(StreamName::as_str).collect();
     let data = serde_json::json!({ "streams": names }).to_string();
-    let mut out = BytesMut::with_capacity(data.len() + 24);
+    let mut out = BytesMut::with_capacity(data.len() + 48);
+    let _ = writeln!(out, "id: {id}");
     put_field(&mut out, "event", GAP_EVENT_TYPE);
     put_data(&mut out, &data);
     out.put_u8(b'\n');
@@ -81,11 +84,7 @@ fn put_data(out: &mut BytesMut, data: &str) {
             return;
         };
         put_field(out, "data", &rest[..end]);
-        let break_len = if rest[end..].starts_with("\r\n") {
-            2
-        } else {
-            1
-        };
+        let break_len = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
         rest = &rest[end + break_len..];
     }
 }
@@ -163,11 +162,7 @@ pub(crate) mod whatwg {
         let mut rest = stream;
         while let Some(end) = rest.find(['\r', '\n']) {
             lines.push(&rest[..end]);
-            let len = if rest[end..].starts_with("\r\n") {
-                2
-            } else {
-                1
-            };
+            let len = if rest[end..].starts_with("\r\n") { 2 } else { 1 };
             rest = &rest[end + len..];
         }
         lines
@@ -199,11 +194,7 @@ mod tests {
     fn empty_and_space_prefixed_data_survive() {
         let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "")));
         assert_eq!(events[0].data, "");
-        let (events, _) = parse(text(&encode_event(
-            EventId::from_u64(1),
-            None,
-            "  two spaces\n",
-        )));
+        let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "  two spaces\n")));
         assert_eq!(events[0].data, "  two spaces\n");
     }
 
@@ -215,22 +206,17 @@ mod tests {
     }
 
     #[test]
-    fn gap_notice_is_json_naming_streams_without_an_id() {
-        let streams = [
-            StreamName::try_new("a").unwrap(),
-            StreamName::try_new("b.c").unwrap(),
-        ];
-        let (events, _) = parse(text(&encode_gap_notice(&streams)));
+    fn gap_notice_is_json_naming_streams_and_keeps_the_resume_id() {
+        let streams = [StreamName::try_new("a").unwrap(), StreamName::try_new("b.c").unwrap()];
+        let (events, _) = parse(text(&encode_gap_notice(&streams, EventId::from_u64(41))));
         assert_eq!(events[0].event_type, "gap");
-        assert_eq!(events[0].last_event_id, "");
+        assert_eq!(events[0].last_event_id, "41");
         let json: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
         assert_eq!(json, serde_json::json!({"streams": ["a", "b.c"]}));
     }
 
     fn arb_event_type() -> impl Strategy<Value = Option<EventType>> {
-        proptest::option::of(
-            "[^\r\n\0]{1,20}".prop_filter_map("valid type", |t| EventType::try_new(&t).ok()),
-        )
+        proptest::option::of("[^\r\n\0]{1,20}".prop_filter_map("valid type", |t| EventType::try_new(&t).ok()))
     }
 
     proptest! {

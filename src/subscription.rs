@@ -162,22 +162,22 @@ impl Subscription {
         request: SubscriptionRequest,
         timing: StreamTiming,
         shutdown: CancellationToken,
+        close_connection: CancellationToken,
         slots: Slots,
     ) -> Result<Self, BackendError> {
-        let (queue, receiver) = registry.new_queue();
-        let replay = backend
-            .subscribe(&request.streams, &queue, request.resume)
-            .await?;
+        let (queue, receiver) = registry.new_queue(close_connection);
+        let replay = backend.subscribe(&request.streams, &queue, request.resume).await?;
         let mut opening = BytesMut::from(&sse::encode_preamble(timing.retry)[..]);
         if !replay.gaps.is_empty() {
-            opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps));
+            let resumed_from = match request.resume {
+                Some(Resume::After(id)) => id,
+                _ => EventId::ZERO,
+            };
+            opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps, resumed_from));
             metrics::counter!(m::GAP_NOTICES).increment(1);
         }
         let replayed_through = replay.frames.last().map_or(EventId::ZERO, |frame| frame.id);
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + timing.heartbeat,
-            timing.heartbeat,
-        );
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
         Ok(Self {
@@ -289,12 +289,9 @@ impl Subscription {
         tracing::debug!(reason = reason.label(), "event stream ended");
         match reason {
             EndReason::Shutdown | EndReason::TokenExpired => {
-                let jitter_ms =
-                    u64::try_from(self.timing.retry_jitter.as_millis()).unwrap_or(u64::MAX);
+                let jitter_ms = u64::try_from(self.timing.retry_jitter.as_millis()).unwrap_or(u64::MAX);
                 let extra = rand::Rng::random_range(&mut rand::rng(), 0..=jitter_ms);
-                Some(sse::encode_retry(
-                    self.timing.retry + Duration::from_millis(extra),
-                ))
+                Some(sse::encode_retry(self.timing.retry + Duration::from_millis(extra)))
             }
             EndReason::SlowConsumer | EndReason::ClientClosed => None,
         }
@@ -304,8 +301,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.ended.is_none() {
-            metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label())
-                .increment(1);
+            metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
         }
         self.backend.unsubscribe(&self.streams, &self.queue);
     }
@@ -325,7 +321,7 @@ impl ChunkBuilder {
         if let Some(joined) = &mut self.joined {
             joined.extend_from_slice(bytes);
         } else if let Some(single) = self.single.take() {
-            let mut joined = BytesMut::with_capacity((single.len() + bytes.len()) * 4);
+            let mut joined = BytesMut::with_capacity(single.len() + bytes.len());
             joined.extend_from_slice(&single);
             joined.extend_from_slice(bytes);
             self.joined = Some(joined);
@@ -346,9 +342,7 @@ impl ChunkBuilder {
 }
 
 fn sleep_until_system_time(at: SystemTime) -> Pin<Box<Sleep>> {
-    let remaining = at
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+    let remaining = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
     Box::pin(tokio::time::sleep(remaining))
 }
 

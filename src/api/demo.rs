@@ -40,10 +40,7 @@ pub async fn demo_page(State(state): State<AppState>) -> impl IntoResponse {
     let config = config.to_string().replace('<', "\\u003c");
     let page = PAGE.replacen(CONFIG_PLACEHOLDER, &config, 1);
     (
-        [
-            (CONTENT_TYPE, "text/html; charset=utf-8"),
-            (CACHE_CONTROL, "no-store"),
-        ],
+        [(CONTENT_TYPE, "text/html; charset=utf-8"), (CACHE_CONTROL, "no-store")],
         page,
     )
 }

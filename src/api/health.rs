@@ -13,10 +13,7 @@ pub async fn healthz() -> Json<Value> {
 
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.shutdown.is_draining() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        );
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })));
     }
     if !state.backend.is_ready() {
         return (

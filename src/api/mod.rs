@@ -30,20 +30,14 @@ fn authenticate(
 
 /// Reads the body within the size limit and the request timeout (slow senders
 /// must not hold a connection forever).
-pub(crate) async fn read_body(
-    body: Body,
-    max_bytes: usize,
-    timeout: Duration,
-) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, max_bytes: usize, timeout: Duration) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_bytes)).await {
         Err(_) => Err(ApiError::RequestTimeout),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge(format!(
             "request body exceeds limits.max_body_bytes ({max_bytes} bytes)"
         ))),
-        Ok(Err(_)) => Err(ApiError::InvalidRequest(
-            "request body could not be read".to_owned(),
-        )),
+        Ok(Err(_)) => Err(ApiError::InvalidRequest("request body could not be read".to_owned())),
     }
 }
 

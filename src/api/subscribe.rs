@@ -1,12 +1,13 @@
 //! `GET /events?stream=A&stream=B`: open an event stream.
 
+use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::authenticate;
-use crate::app::AppState;
+use crate::app::{AppState, ConnectionCloser};
 use crate::auth::AuthError;
 use crate::auth::extract::TokenSources;
 use crate::backend::Resume;
@@ -23,10 +24,12 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// then streams replay and live events.
 pub async fn open_subscription(
     State(state): State<AppState>,
+    closer: Option<Extension<ConnectionCloser>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let result = open(&state, &headers, query.as_deref()).await;
+    let closer = closer.map(|Extension(closer)| closer).unwrap_or_default();
+    let result = open(&state, &headers, query.as_deref(), closer).await;
     if let Err(error) = &result {
         metrics::counter!(m::CONNECTIONS_REJECTED, "reason" => error.reason()).increment(1);
     }
@@ -37,6 +40,7 @@ async fn open(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
+    closer: ConnectionCloser,
 ) -> Result<Response, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
@@ -54,15 +58,12 @@ async fn open(
         return Err(AuthError::StreamNotPermitted.into());
     }
     let subject = state.limiter.admit_stream(&verified.subject)?;
-    let connection = state
-        .connections
-        .try_acquire()
-        .ok_or(ApiError::ConnectionLimit)?;
+    let connection = state.connections.try_acquire().ok_or(ApiError::ConnectionLimit)?;
     let resume = header_resume(headers).or(params.resume);
     let close_at = verified
         .expires_at
         .filter(|_| state.config.auth.close_on_expiry)
-        .map(|at| at + state.config.auth.leeway);
+        .and_then(|at| at.checked_add(state.config.auth.leeway));
     let request = SubscriptionRequest {
         streams: params.streams,
         resume,
@@ -74,10 +75,8 @@ async fn open(
         request,
         state.stream_timing(),
         state.shutdown.token().clone(),
-        Slots {
-            connection,
-            subject,
-        },
+        closer.0,
+        Slots { connection, subject },
     )
     .await?;
     let headers = [
@@ -141,10 +140,7 @@ fn parse_resume(text: &str) -> Option<Resume> {
     if text.is_empty() {
         return None;
     }
-    Some(
-        text.parse::<EventId>()
-            .map_or(Resume::Unrecognised, Resume::After),
-    )
+    Some(text.parse::<EventId>().map_or(Resume::Unrecognised, Resume::After))
 }
 
 #[cfg(test)]
@@ -155,8 +151,7 @@ mod tests {
 
     #[test]
     fn streams_repeat_and_collapse() {
-        let params =
-            SubscribeParams::parse(Some("stream=a&stream=b&stream=a&access_token=x"), 2).unwrap();
+        let params = SubscribeParams::parse(Some("stream=a&stream=b&stream=a&access_token=x"), 2).unwrap();
         assert_eq!(params.streams.len(), 2);
         assert_eq!(params.resume, None);
     }
@@ -173,10 +168,7 @@ mod tests {
 
     #[test]
     fn missing_too_many_and_reserved_streams_are_refused() {
-        assert!(matches!(
-            SubscribeParams::parse(None, 4),
-            Err(ApiError::NoStream)
-        ));
+        assert!(matches!(SubscribeParams::parse(None, 4), Err(ApiError::NoStream)));
         assert!(matches!(
             SubscribeParams::parse(Some("stream="), 4),
             Err(ApiError::InvalidStreamName(_))
@@ -193,10 +185,7 @@ mod tests {
 
     #[test]
     fn last_event_ids_parse_or_are_unrecognised() {
-        assert_eq!(
-            parse_resume("42"),
-            Some(Resume::After(EventId::from_u64(42)))
-        );
+        assert_eq!(parse_resume("42"), Some(Resume::After(EventId::from_u64(42))));
         assert_eq!(parse_resume(""), None);
         assert_eq!(parse_resume("abc"), Some(Resume::Unrecognised));
     }

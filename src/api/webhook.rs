@@ -34,24 +34,14 @@ pub async fn receive_webhook(
     result
 }
 
-async fn receive(
-    state: &AppState,
-    stream: &str,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
     let stream = StreamName::try_new(stream)?;
     let hook = state.webhooks.get(&stream).ok_or(ApiError::NotFound)?;
     let limits = &state.config.limits;
-    let bytes = read_body(
-        body,
-        limits.max_body_bytes,
-        state.config.server.request_timeout,
-    )
-    .await?;
+    let bytes = read_body(body, limits.max_body_bytes, state.config.server.request_timeout).await?;
     hook.verify(headers, &bytes)?;
     let raw: &RawValue = serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::InvalidRequest(format!("webhook body is not JSON: {error}")))?;

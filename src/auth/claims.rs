@@ -105,40 +105,20 @@ pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     /// Expiry, seconds since the Unix epoch (fractions, allowed by RFC 7519, are dropped).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "numeric_date")]
     pub exp: Option<u64>,
     /// Not before, seconds since the Unix epoch.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "numeric_date")]
     pub nbf: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub aud: Vec<String>,
     /// Streams the holder may subscribe to.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub subscribe: Vec<StreamPattern>,
     /// Streams the holder may publish to.
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "one_or_many"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub publish: Vec<StreamPattern>,
 }
 
@@ -212,26 +192,15 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_refused() {
-        for bad in [
-            "",
-            "**",
-            "a*b",
-            "*a",
-            "a**",
-            "pri\u{0441}es.*",
-            "a b",
-            "a/*",
-        ] {
+        for bad in ["", "**", "a*b", "*a", "a**", "pri\u{0441}es.*", "a b", "a/*"] {
             assert_eq!(StreamPattern::try_new(bad), Err(InvalidPattern), "{bad:?}");
         }
     }
 
     #[test]
     fn claims_accept_a_single_string_or_a_list() {
-        let claims: Claims = serde_json::from_str(
-            r#"{"sub":"x","subscribe":"a","publish":["b","c.*"],"aud":"api"}"#,
-        )
-        .unwrap();
+        let claims: Claims =
+            serde_json::from_str(r#"{"sub":"x","subscribe":"a","publish":["b","c.*"],"aud":"api"}"#).unwrap();
         assert!(claims.may_subscribe(&name("a")));
         assert!(claims.may_publish(&name("c.d")));
         assert!(!claims.may_publish(&name("a")));

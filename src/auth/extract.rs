@@ -18,18 +18,19 @@ pub struct TokenSources<'a> {
     pub cookie_name: Option<&'a str>,
 }
 
-/// Returns the request's token.
+/// Returns the request's token. An `Authorization` header of another scheme (a
+/// browser behind HTTP Basic auth sends one with `EventSource`) does not hide a token
+/// in the query or a cookie.
 ///
 /// # Errors
 /// [`AuthError::MissingToken`] when none is present; [`AuthError::MalformedToken`]
-/// when an `Authorization` header is present but not a bearer token.
-pub fn find_token(
-    headers: &HeaderMap,
-    query: Option<&str>,
-    sources: TokenSources<'_>,
-) -> Result<String, AuthError> {
-    if let Some(value) = headers.get(AUTHORIZATION) {
-        return bearer(value.to_str().map_err(|_| AuthError::MalformedToken)?);
+/// when the only candidate is an `Authorization` header that is not a usable bearer token.
+pub fn find_token(headers: &HeaderMap, query: Option<&str>, sources: TokenSources<'_>) -> Result<String, AuthError> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .map(|value| value.to_str().map_err(|_| AuthError::MalformedToken).and_then(bearer));
+    if let Some(Ok(token)) = header {
+        return Ok(token);
     }
     if let Some(token) = query.and_then(query_token) {
         return Ok(token);
@@ -39,14 +40,14 @@ pub fn find_token(
     {
         return Ok(token);
     }
-    Err(AuthError::MissingToken)
+    match header {
+        Some(Err(error)) => Err(error),
+        _ => Err(AuthError::MissingToken),
+    }
 }
 
 fn bearer(value: &str) -> Result<String, AuthError> {
-    let (scheme, token) = value
-        .trim_start()
-        .split_once(' ')
-        .ok_or(AuthError::MalformedToken)?;
+    let (scheme, token) = value.trim_start().split_once(' ').ok_or(AuthError::MalformedToken)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::MalformedToken);
     }
@@ -85,11 +86,7 @@ pub fn redacted_query(query: Option<&str>) -> String {
             let is_token = form_urlencoded::parse(pair.as_bytes())
                 .next()
                 .is_some_and(|(key, _)| key == ACCESS_TOKEN_PARAM);
-            if is_token {
-                "access_token=<redacted>"
-            } else {
-                pair
-            }
+            if is_token { "access_token=<redacted>" } else { pair }
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -116,10 +113,7 @@ mod tests {
     #[test]
     fn header_wins_over_query_and_cookie() {
         let h = headers(&[(AUTHORIZATION, "Bearer abc"), (COOKIE, "sse_token=ccc")]);
-        assert_eq!(
-            find_token(&h, Some("access_token=qqq"), SOURCES).unwrap(),
-            "abc"
-        );
+        assert_eq!(find_token(&h, Some("access_token=qqq"), SOURCES).unwrap(), "abc");
         let h = headers(&[(AUTHORIZATION, "bearer  abc ")]);
         assert_eq!(find_token(&h, None, SOURCES).unwrap(), "abc");
     }
@@ -133,35 +127,31 @@ mod tests {
         );
         assert_eq!(find_token(&h, Some("stream=x"), SOURCES).unwrap(), "ccc");
         let no_cookies = TokenSources { cookie_name: None };
-        assert_eq!(
-            find_token(&h, None, no_cookies),
-            Err(AuthError::MissingToken)
-        );
+        assert_eq!(find_token(&h, None, no_cookies), Err(AuthError::MissingToken));
     }
 
     #[test]
     fn query_tokens_are_redacted_for_logs() {
         assert_eq!(
-            redacted_query(Some(
-                "stream=a&access_token=eyJ.secret.sig&x=1&access%5Ftoken=b"
-            )),
+            redacted_query(Some("stream=a&access_token=eyJ.secret.sig&x=1&access%5Ftoken=b")),
             "stream=a&access_token=<redacted>&x=1&access_token=<redacted>"
         );
         assert_eq!(redacted_query(None), "");
     }
 
     #[test]
+    fn a_basic_authorization_header_does_not_hide_the_query_token() {
+        let h = headers(&[(AUTHORIZATION, "Basic dXNlcjpwYXNz"), (COOKIE, "sse_token=ccc")]);
+        assert_eq!(find_token(&h, Some("access_token=qqq"), SOURCES).unwrap(), "qqq");
+        assert_eq!(find_token(&h, None, SOURCES).unwrap(), "ccc");
+    }
+
+    #[test]
     fn non_bearer_authorization_is_malformed() {
         let h = headers(&[(AUTHORIZATION, "Basic dXNlcjpwYXNz")]);
-        assert_eq!(
-            find_token(&h, None, SOURCES),
-            Err(AuthError::MalformedToken)
-        );
+        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MalformedToken));
         let h = headers(&[(AUTHORIZATION, "Bearer")]);
-        assert_eq!(
-            find_token(&h, None, SOURCES),
-            Err(AuthError::MalformedToken)
-        );
+        assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MalformedToken));
         let h = headers(&[(AUTHORIZATION, "Bearer  ")]);
         assert_eq!(find_token(&h, None, SOURCES), Err(AuthError::MissingToken));
     }

@@ -34,17 +34,12 @@ pub enum KeyError {
     },
     #[error("`{key}` does not hold a valid {alg:?} key")]
     Invalid { key: &'static str, alg: Algorithm },
-    #[error(
-        "HS256 is enabled but no secret is configured (set auth.hs256_secret or auth.hs256_secret_file)"
-    )]
+    #[error("HS256 is enabled but no secret is configured (set auth.hs256_secret or auth.hs256_secret_file)")]
     MissingSecret,
     #[error("the HS256 secret in `{key}` is empty")]
     EmptySecret { key: &'static str },
     #[error("cannot create the secret file {path}: {source}")]
-    Create {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Create { path: PathBuf, source: std::io::Error },
 }
 
 /// A verified token: its claims, when it expires, and whom limits count it against.
@@ -142,10 +137,11 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg))
             .map_err(|error| map_jwt_error(&error))?;
         self.check_times(&data.claims)?;
+        // An `exp` beyond what the clock can represent means "never", not a panic.
         let expires_at = data
             .claims
             .exp
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
+            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)));
         let subject = match &data.claims.sub {
             Some(sub) => format!("sub:{sub}"),
             None => format!("token:{}", token.rsplit('.').next().unwrap_or_default()),
@@ -170,11 +166,7 @@ impl Verifier {
             Some(exp) if now >= exp.saturating_add(leeway) => return Err(AuthError::TokenExpired),
             _ => {}
         }
-        if self.validate_nbf
-            && claims
-                .nbf
-                .is_some_and(|nbf| nbf > now.saturating_add(leeway))
-        {
+        if self.validate_nbf && claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
             return Err(AuthError::TokenNotYetValid);
         }
         Ok(())
@@ -186,14 +178,19 @@ impl Verifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.required_spec_claims.clear();
+        // A configured issuer or audience must be present, not merely right when present.
+        let mut required = Vec::new();
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         if self.audience.is_empty() {
             validation.validate_aud = false;
         } else {
             validation.set_audience(&self.audience);
+            required.push("aud");
         }
+        validation.set_required_spec_claims(&required);
         validation
     }
 }
@@ -292,10 +289,7 @@ mod tests {
     }
 
     fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
     }
 
     fn claims(exp: Option<u64>) -> Claims {
@@ -326,9 +320,7 @@ mod tests {
             AuthError::MissingClaim
         );
         assert_eq!(
-            verifier
-                .verify(&sign(&claims(Some(now() - 2))))
-                .unwrap_err(),
+            verifier.verify(&sign(&claims(Some(now() - 2)))).unwrap_err(),
             AuthError::TokenExpired
         );
         let lenient = Verifier::from_config(&AuthConfig {
@@ -342,19 +334,9 @@ mod tests {
     #[test]
     fn wrong_secret_and_garbage_are_refused() {
         let verifier = Verifier::from_config(&hs_config()).unwrap();
-        let other = mint(
-            &claims(Some(now() + 60)),
-            &SigningKey::hs256("x".repeat(40)),
-        )
-        .unwrap();
-        assert_eq!(
-            verifier.verify(&other).unwrap_err(),
-            AuthError::BadSignature
-        );
-        assert_eq!(
-            verifier.verify("not-a-jwt").unwrap_err(),
-            AuthError::MalformedToken
-        );
+        let other = mint(&claims(Some(now() + 60)), &SigningKey::hs256("x".repeat(40))).unwrap();
+        assert_eq!(verifier.verify(&other).unwrap_err(), AuthError::BadSignature);
+        assert_eq!(verifier.verify("not-a-jwt").unwrap_err(), AuthError::MalformedToken);
         assert_eq!(
             verifier.verify(&"a".repeat(9000)).unwrap_err(),
             AuthError::TokenTooLarge
@@ -377,10 +359,7 @@ mod tests {
             iss: Some("you".to_owned()),
             ..good.clone()
         };
-        assert_eq!(
-            verifier.verify(&sign(&wrong_iss)).unwrap_err(),
-            AuthError::WrongIssuer
-        );
+        assert_eq!(verifier.verify(&sign(&wrong_iss)).unwrap_err(), AuthError::WrongIssuer);
         let wrong_aud = Claims {
             aud: vec!["other".to_owned()],
             ..good

@@ -76,6 +76,5 @@ impl SigningKey {
 /// # Errors
 /// [`MintError::Sign`] if signing fails (a key unfit for its algorithm).
 pub fn mint(claims: &Claims, key: &SigningKey) -> Result<String, MintError> {
-    jsonwebtoken::encode(&Header::new(key.alg.to_jwt()), claims, &key.key)
-        .map_err(|_| MintError::Sign)
+    jsonwebtoken::encode(&Header::new(key.alg.to_jwt()), claims, &key.key).map_err(|_| MintError::Sign)
 }

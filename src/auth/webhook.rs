@@ -25,10 +25,7 @@ pub enum WebhookError {
     #[error("webhooks.hooks: the hook for `{0}` needs `secret` or `secret_file`")]
     MissingSecret(String),
     #[error("webhooks.hooks: cannot read the secret file of `{stream}`: {source}")]
-    Read {
-        stream: String,
-        source: std::io::Error,
-    },
+    Read { stream: String, source: std::io::Error },
     #[error("webhooks.hooks: invalid `event` for `{0}`")]
     InvalidEventType(String),
 }
@@ -56,16 +53,15 @@ impl Webhooks {
     pub fn from_config(hooks: &[WebhookConfig]) -> Result<Self, WebhookError> {
         let mut by_stream = HashMap::new();
         for hook in hooks {
-            let stream = StreamName::try_new(&hook.stream)
-                .map_err(|_| WebhookError::InvalidStream(hook.stream.clone()))?;
+            let stream =
+                StreamName::try_new(&hook.stream).map_err(|_| WebhookError::InvalidStream(hook.stream.clone()))?;
             let secret = match (&hook.secret, &hook.secret_file) {
                 (Some(secret), _) if !secret.expose().is_empty() => secret.clone(),
                 (_, Some(path)) => {
-                    let text =
-                        std::fs::read_to_string(path).map_err(|source| WebhookError::Read {
-                            stream: hook.stream.clone(),
-                            source,
-                        })?;
+                    let text = std::fs::read_to_string(path).map_err(|source| WebhookError::Read {
+                        stream: hook.stream.clone(),
+                        source,
+                    })?;
                     Secret::new(text.trim())
                 }
                 _ => return Err(WebhookError::MissingSecret(hook.stream.clone())),
@@ -106,25 +102,18 @@ impl Webhook {
         match self.provider {
             WebhookProvider::Gitlab => {
                 let token = header(headers, "x-gitlab-token").ok_or(AuthError::MissingToken)?;
-                let matches: bool = token
-                    .as_bytes()
-                    .ct_eq(self.secret.expose().as_bytes())
-                    .into();
+                let matches: bool = token.as_bytes().ct_eq(self.secret.expose().as_bytes()).into();
                 matches.then_some(()).ok_or(AuthError::BadSignature)
             }
             WebhookProvider::Github => {
-                let signature =
-                    header(headers, "x-hub-signature-256").ok_or(AuthError::MissingToken)?;
-                let hex_digest = signature
-                    .strip_prefix("sha256=")
-                    .ok_or(AuthError::MalformedToken)?;
+                let signature = header(headers, "x-hub-signature-256").ok_or(AuthError::MissingToken)?;
+                let hex_digest = signature.strip_prefix("sha256=").ok_or(AuthError::MalformedToken)?;
                 let digest = hex::decode(hex_digest).map_err(|_| AuthError::MalformedToken)?;
                 let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose().as_bytes())
                     .map_err(|_| AuthError::BadSignature)?;
                 mac.update(body);
                 // `verify_slice` compares in constant time.
-                mac.verify_slice(&digest)
-                    .map_err(|_| AuthError::BadSignature)
+                mac.verify_slice(&digest).map_err(|_| AuthError::BadSignature)
             }
         }
     }
@@ -172,19 +161,12 @@ mod tests {
     #[test]
     fn gitlab_tokens_must_match_exactly() {
         let gitlab = hook(WebhookProvider::Gitlab);
-        assert!(
-            gitlab
-                .verify(&headers(&[("x-gitlab-token", "s3cret")]), b"{}")
-                .is_ok()
-        );
+        assert!(gitlab.verify(&headers(&[("x-gitlab-token", "s3cret")]), b"{}").is_ok());
         assert_eq!(
             gitlab.verify(&headers(&[("x-gitlab-token", "s3cre")]), b"{}"),
             Err(AuthError::BadSignature)
         );
-        assert_eq!(
-            gitlab.verify(&headers(&[]), b"{}"),
-            Err(AuthError::MissingToken)
-        );
+        assert_eq!(gitlab.verify(&headers(&[]), b"{}"), Err(AuthError::MissingToken));
     }
 
     #[test]
@@ -219,11 +201,7 @@ mod tests {
                 .as_str(),
             "push"
         );
-        assert!(
-            github
-                .event_type(&headers(&[("x-github-event", "gap")]))
-                .is_none()
-        );
+        assert!(github.event_type(&headers(&[("x-github-event", "gap")])).is_none());
         let fixed = Webhook {
             event_type: Some(EventType::try_new("ci").unwrap()),
             ..hook(WebhookProvider::Gitlab)

@@ -31,8 +31,11 @@ use crate::stream::{ReplayBuffer, StreamName, StreamRegistry, SubscriberQueue};
 pub struct MemoryBackend {
     sequencer: Mutex<IdClock>,
     histories: DashMap<StreamName, ReplayBuffer>,
-    /// Events of streams without a history entry are known only above this id:
-    /// the clock's start, raised when a history with evicted events is reclaimed.
+    /// What a reclaimed history knew (`known_after`), per stream, so a stream that
+    /// went quiet still proves completeness; at most `limits.max_streams` entries.
+    tombstones: DashMap<StreamName, EventId>,
+    /// Events of streams with neither history nor tombstone are known only above
+    /// this id: the clock's start, raised when tombstones are folded into it.
     floor: AtomicU64,
     registry: Arc<StreamRegistry>,
     buffer_size: usize,
@@ -50,6 +53,7 @@ impl MemoryBackend {
             floor: AtomicU64::new(clock.start_floor().as_u64()),
             sequencer: Mutex::new(clock),
             histories: DashMap::new(),
+            tombstones: DashMap::new(),
             registry,
             buffer_size: config.streams.buffer_size,
             buffer_ttl: config.streams.buffer_ttl,
@@ -67,13 +71,15 @@ impl MemoryBackend {
     fn lock_sequencer(&self) -> MutexGuard<'_, IdClock> {
         // A panic inside the critical section cannot leave a half-written id; the
         // clock stays monotonic, so a poisoned lock is still safe to use.
-        self.sequencer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.sequencer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn floor(&self) -> EventId {
-        EventId::from_u64(self.floor.load(Ordering::Acquire))
+    /// Above which id every event of `stream` is known when it has no history.
+    /// Reads the tombstone before the floor: folding raises the floor before it
+    /// clears tombstones, so this never misses both.
+    fn known_after_without_history(&self, stream: &StreamName) -> EventId {
+        let tombstone = self.tombstones.get(stream).map_or(EventId::ZERO, |known| *known);
+        tombstone.max(EventId::from_u64(self.floor.load(Ordering::Acquire)))
     }
 
     /// Refuses a batch that would create more histories than `limits.max_streams`.
@@ -92,10 +98,15 @@ impl MemoryBackend {
     }
 
     fn append(&self, stream: &StreamName, frame: Arc<Frame>) {
-        let floor = self.floor();
         self.histories
             .entry(stream.clone())
-            .or_insert_with(|| ReplayBuffer::new(self.buffer_size, self.buffer_ttl, floor))
+            .or_insert_with(|| {
+                // Under the shard lock, so a concurrent reclaim of this stream has
+                // either finished (its tombstone is visible) or not begun.
+                let known_after = self.known_after_without_history(stream);
+                self.tombstones.remove(stream);
+                ReplayBuffer::new(self.buffer_size, self.buffer_ttl, known_after)
+            })
             .push(frame);
     }
 
@@ -106,7 +117,6 @@ impl MemoryBackend {
             Resume::After(_) | Resume::Unrecognised => (EventId::ZERO, false),
         };
         let now = Instant::now();
-        let floor = self.floor();
         let mut replay = Replay::default();
         for stream in streams {
             let complete = match self.histories.get_mut(stream) {
@@ -115,7 +125,9 @@ impl MemoryBackend {
                     replay.frames.extend(history.events_after(after).cloned());
                     history.is_complete_after(after)
                 }
-                None => after >= floor,
+                // Read after the lookup: a reclaim that removed the history wrote
+                // its tombstone first.
+                None => after >= self.known_after_without_history(stream),
             };
             if !complete || !recognised {
                 replay.gaps.push(stream.clone());
@@ -125,29 +137,35 @@ impl MemoryBackend {
         replay
     }
 
-    /// Evicts expired events and reclaims histories left empty.
+    /// Evicts expired events and reclaims histories left empty, leaving a tombstone
+    /// with what each knew; folds tombstones into the floor past `max_streams`.
     fn sweep(&self) {
         let now = Instant::now();
-        self.histories.retain(|_, history| {
+        self.histories.retain(|stream, history| {
             history.evict_expired(now);
             if history.is_empty() {
-                // Raise the floor before the entry disappears, so a resume that no
-                // longer finds this history still sees that events were lost.
-                self.floor
-                    .fetch_max(history.known_after().as_u64(), Ordering::AcqRel);
+                // Before the entry disappears, so a resume that no longer finds this
+                // history still sees what it lost.
+                self.tombstones.insert(stream.clone(), history.known_after());
                 return false;
             }
             true
         });
+        if self.tombstones.len() > self.max_streams {
+            let newest = self
+                .tombstones
+                .iter()
+                .map(|entry| *entry.value())
+                .max()
+                .unwrap_or(EventId::ZERO);
+            self.floor.fetch_max(newest.as_u64(), Ordering::AcqRel);
+            self.tombstones.clear();
+        }
         metrics::gauge!(m::STREAMS_BUFFERED).set(self.histories.len() as f64);
     }
 }
 
-async fn sweep_periodically(
-    backend: Weak<MemoryBackend>,
-    every: Duration,
-    stop: CancellationToken,
-) {
+async fn sweep_periodically(backend: Weak<MemoryBackend>, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -211,5 +229,70 @@ impl Backend for MemoryBackend {
 
     async fn close(&self) {
         self.sweeper.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(ttl: Duration, max_streams: usize) -> Arc<MemoryBackend> {
+        let mut config = Config::default();
+        config.streams.buffer_ttl = ttl;
+        config.limits.max_streams = max_streams;
+        MemoryBackend::start(&config, Arc::new(StreamRegistry::new(10, 8)))
+    }
+
+    fn event(stream: &str) -> NewEvent {
+        NewEvent {
+            stream: StreamName::try_new(stream).unwrap(),
+            event_type: None,
+            data: "x".to_owned(),
+        }
+    }
+
+    async fn gaps(backend: &MemoryBackend, stream: &str, after: EventId) -> Vec<StreamName> {
+        let (queue, _rx) = backend.registry.new_queue(CancellationToken::new());
+        let streams = [StreamName::try_new(stream).unwrap()];
+        let replay = backend
+            .subscribe(&streams, &queue, Some(Resume::After(after)))
+            .await
+            .unwrap();
+        backend.unsubscribe(&streams, &queue);
+        replay.gaps
+    }
+
+    #[tokio::test]
+    async fn reclaiming_one_quiet_stream_does_not_raise_gaps_on_others() {
+        let backend = backend(Duration::from_millis(1), 100);
+        let quiet = backend.publish(vec![event("quiet")]).await.unwrap()[0];
+        let busy = backend.publish(vec![event("busy")]).await.unwrap()[0];
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        backend.sweep();
+        assert!(
+            backend.histories.is_empty(),
+            "both histories expired and were reclaimed"
+        );
+        // Resuming exactly where each stream stopped proves completeness.
+        assert!(gaps(&backend, "quiet", quiet).await.is_empty());
+        assert!(gaps(&backend, "busy", busy).await.is_empty());
+        assert!(gaps(&backend, "brand-new", busy).await.is_empty());
+        // Resuming from before an expired event is a gap.
+        assert_eq!(gaps(&backend, "busy", quiet).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn tombstones_past_the_stream_limit_fold_into_the_floor() {
+        let backend = backend(Duration::from_millis(1), 2);
+        let mut ids = Vec::new();
+        for stream in ["a", "b", "c"] {
+            ids.push(backend.publish(vec![event(stream)]).await.unwrap()[0]);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            backend.sweep();
+        }
+        assert!(backend.tombstones.is_empty());
+        // Conservative after folding: resuming before the newest reclaimed event is a gap.
+        assert_eq!(gaps(&backend, "a", ids[0]).await.len(), 1);
+        assert!(gaps(&backend, "c", ids[2]).await.is_empty());
     }
 }

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use crate::app::ConnectionCloser;
+
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpSettings {
@@ -58,16 +60,26 @@ pub(super) async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = router
-            .clone()
-            .map_request(|request: hyper::Request<Incoming>| request.map(Body::new));
+        let closer = ConnectionCloser::default();
+        let close = closer.0.clone();
+        let service = router.clone().map_request(move |request: hyper::Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(closer.clone());
+            request
+        });
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::trace!(%error, "connection ended with an error");
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::trace!(%error, "connection ended with an error");
+                    }
+                }
+                // Dropping the connection closes the socket.
+                () = close.cancelled() => tracing::debug!("connection closed by the gateway"),
             }
         });
     }

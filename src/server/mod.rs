@@ -37,10 +37,7 @@ pub enum ServerError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -101,12 +98,7 @@ pub async fn run(
     };
     let metrics_server = listeners.metrics.map(|listener| {
         let router = app::metrics_router(state.clone());
-        tokio::spawn(http::serve(
-            listener,
-            router,
-            settings,
-            shutdown.token().clone(),
-        ))
+        tokio::spawn(http::serve(listener, router, settings, shutdown.token().clone()))
     });
     // Draining first (readyz fails, publishes get 503), ending every event stream
     // (the token the subscriptions select on) and stopping the accept loops.
@@ -145,9 +137,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
     let verifier = Verifier::from_config(&config.auth)?;
     let webhooks = Webhooks::from_config(&config.webhooks.hooks)?;
     let demo_signer = match hs256_secret(&config.auth)? {
-        Some(secret)
-            if config.demo.enabled && config.auth.algorithms.contains(&Algorithm::HS256) =>
-        {
+        Some(secret) if config.demo.enabled && config.auth.algorithms.contains(&Algorithm::HS256) => {
             Some(Arc::new(SigningKey::hs256(secret.expose())))
         }
         _ => None,

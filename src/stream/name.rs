@@ -93,10 +93,7 @@ mod tests {
     #[test]
     fn rejects_everything_else() {
         assert_eq!(StreamName::try_new(""), Err(InvalidStreamName::Empty));
-        assert_eq!(
-            StreamName::try_new(&"x".repeat(129)),
-            Err(InvalidStreamName::TooLong)
-        );
+        assert_eq!(StreamName::try_new(&"x".repeat(129)), Err(InvalidStreamName::TooLong));
         for bad in ["a*", "*", "a b", "a/b", "é", "a,b", "a\n", "\u{0430}"] {
             assert_eq!(
                 StreamName::try_new(bad),

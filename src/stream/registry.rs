@@ -77,13 +77,16 @@ impl StreamRegistry {
         }
     }
 
-    /// A new subscriber queue holding up to `limits.subscriber_queue` frames.
-    pub fn new_queue(&self) -> (SubscriberQueue, mpsc::Receiver<Arc<Frame>>) {
+    /// A new subscriber queue holding up to `limits.subscriber_queue` frames;
+    /// `overflowed` is cancelled when a frame does not fit (the server passes the
+    /// token that closes the client's connection, so a client that stopped reading
+    /// is cut off at once, whether or not its response is being polled).
+    pub fn new_queue(&self, overflowed: CancellationToken) -> (SubscriberQueue, mpsc::Receiver<Arc<Frame>>) {
         let (sender, receiver) = mpsc::channel(self.queue_capacity);
         let queue = SubscriberQueue {
             id: self.next_subscriber.fetch_add(1, Ordering::Relaxed),
             sender,
-            overflowed: CancellationToken::new(),
+            overflowed,
         };
         (queue, receiver)
     }
@@ -92,20 +95,13 @@ impl StreamRegistry {
     ///
     /// # Errors
     /// [`RegistryError::StreamLimit`] when the stream is new and the registry is full.
-    pub fn attach(
-        &self,
-        stream: &StreamName,
-        queue: &SubscriberQueue,
-    ) -> Result<(), RegistryError> {
+    pub fn attach(&self, stream: &StreamName, queue: &SubscriberQueue) -> Result<(), RegistryError> {
         if !self.streams.contains_key(stream) && self.streams.len() >= self.max_streams {
             return Err(RegistryError::StreamLimit);
         }
         // Pushing through `entry` holds the shard lock, so a concurrent reclaim of
         // the same (empty) stream cannot orphan this subscriber.
-        self.streams
-            .entry(stream.clone())
-            .or_default()
-            .push(queue.clone());
+        self.streams.entry(stream.clone()).or_default().push(queue.clone());
         metrics::gauge!(m::SUBSCRIPTIONS_OPEN).increment(1.0);
         Ok(())
     }
@@ -118,8 +114,7 @@ impl StreamRegistry {
                 subscribers.retain(|q| q.id != queue.id);
                 record_removed(before - subscribers.len());
             }
-            self.streams
-                .remove_if(stream, |_, subscribers| subscribers.is_empty());
+            self.streams.remove_if(stream, |_, subscribers| subscribers.is_empty());
         }
     }
 
@@ -180,7 +175,7 @@ mod tests {
     #[test]
     fn streams_are_reclaimed_when_their_last_subscriber_leaves() {
         let registry = StreamRegistry::new(10, 4);
-        let (queue, _rx) = registry.new_queue();
+        let (queue, _rx) = registry.new_queue(CancellationToken::new());
         let streams = [name("a"), name("b")];
         for stream in &streams {
             registry.attach(stream, &queue).unwrap();
@@ -193,21 +188,18 @@ mod tests {
     #[test]
     fn the_stream_limit_refuses_new_streams_only() {
         let registry = StreamRegistry::new(1, 4);
-        let (queue, _rx) = registry.new_queue();
+        let (queue, _rx) = registry.new_queue(CancellationToken::new());
         registry.attach(&name("a"), &queue).unwrap();
-        assert_eq!(
-            registry.attach(&name("b"), &queue),
-            Err(RegistryError::StreamLimit)
-        );
-        let (other, _rx2) = registry.new_queue();
+        assert_eq!(registry.attach(&name("b"), &queue), Err(RegistryError::StreamLimit));
+        let (other, _rx2) = registry.new_queue(CancellationToken::new());
         registry.attach(&name("a"), &other).unwrap();
     }
 
     #[test]
     fn an_overflowing_subscriber_is_detached_and_flagged_while_others_keep_receiving() {
         let registry = StreamRegistry::new(10, 2);
-        let (slow, _slow_rx) = registry.new_queue();
-        let (fast, mut fast_rx) = registry.new_queue();
+        let (slow, _slow_rx) = registry.new_queue(CancellationToken::new());
+        let (fast, mut fast_rx) = registry.new_queue(CancellationToken::new());
         let stream = name("a");
         registry.attach(&stream, &slow).unwrap();
         registry.attach(&stream, &fast).unwrap();

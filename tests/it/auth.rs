@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sse_gateway::auth::Claims;
 use sse_gateway::auth::mint::{SigningKey, mint};
 use sse_gateway::config::{Algorithm, Config};
@@ -19,12 +19,7 @@ fn fixture(name: &str) -> PathBuf {
 
 fn all_algorithms_config() -> Config {
     let mut config = test_config();
-    config.auth.algorithms = vec![
-        Algorithm::HS256,
-        Algorithm::RS256,
-        Algorithm::ES256,
-        Algorithm::EdDSA,
-    ];
+    config.auth.algorithms = vec![Algorithm::HS256, Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
     config.auth.rs256_public_key_file = Some(fixture("rs256.pub.pem"));
     config.auth.es256_public_key_file = Some(fixture("es256.pub.pem"));
     config.auth.eddsa_public_key_file = Some(fixture("ed25519.pub.pem"));
@@ -97,10 +92,7 @@ async fn an_rs256_public_key_used_as_an_hs256_secret_is_refused() {
     let server = TestServer::start(config).await;
     let public_pem = std::fs::read(fixture("rs256.pub.pem")).unwrap();
     let forged = mint(&claims(), &SigningKey::hs256(&public_pem)).unwrap();
-    assert_eq!(
-        subscribe_status(&server, &forged).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(subscribe_status(&server, &forged).await.0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -109,14 +101,8 @@ async fn unsigned_and_tampered_tokens_are_refused() {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let server = TestServer::start_default().await;
     let payload = b64.encode(serde_json::to_vec(&claims()).unwrap());
-    let unsigned = format!(
-        "{}.{payload}.",
-        b64.encode(br#"{"alg":"none","typ":"JWT"}"#)
-    );
-    assert_eq!(
-        subscribe_status(&server, &unsigned).await.0,
-        StatusCode::UNAUTHORIZED
-    );
+    let unsigned = format!("{}.{payload}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#));
+    assert_eq!(subscribe_status(&server, &unsigned).await.0, StatusCode::UNAUTHORIZED);
     let genuine = mint(&claims(), &SigningKey::hs256(SECRET)).unwrap();
     let mut parts: Vec<&str> = genuine.split('.').collect();
     let mut escalated = claims();
@@ -139,17 +125,12 @@ async fn exp_is_required_and_nbf_iss_aud_are_checked_when_configured() {
         claims.iss = Some("https://issuer.test".to_owned());
         claims.aud = vec!["sse".to_owned()];
     };
-    assert_eq!(
-        subscribe_status(&server, &token_with(good)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(subscribe_status(&server, &token_with(good)).await.0, StatusCode::OK);
     type Spoil = fn(&mut Claims);
     let cases: [(&str, Spoil); 4] = [
         ("missing_claim", |c| c.exp = None),
         ("token_not_yet_valid", |c| c.nbf = Some(now() + 600)),
-        ("wrong_issuer", |c| {
-            c.iss = Some("https://evil.test".to_owned())
-        }),
+        ("wrong_issuer", |c| c.iss = Some("https://evil.test".to_owned())),
         ("wrong_audience", |c| c.aud = vec!["other".to_owned()]),
     ];
     for (reason, spoil) in cases {
@@ -167,15 +148,49 @@ async fn exp_is_required_and_nbf_iss_aud_are_checked_when_configured() {
 async fn fractional_numeric_dates_are_accepted() {
     let server = TestServer::start_default().await;
     let exp = now() as f64 + 600.5;
-    let token =
-        mint_raw_claims(&serde_json::json!({"exp": exp, "iat": exp - 600.0, "subscribe": ["*"]}));
+    let token = mint_raw_claims(&serde_json::json!({"exp": exp, "iat": exp - 600.0, "subscribe": ["*"]}));
     assert_eq!(subscribe_status(&server, &token).await.0, StatusCode::OK);
-    let expired =
-        mint_raw_claims(&serde_json::json!({"exp": now() as f64 - 0.5, "subscribe": ["*"]}));
-    assert_eq!(
-        subscribe_status(&server, &expired).await.1["error"],
-        "token_expired"
-    );
+    let expired = mint_raw_claims(&serde_json::json!({"exp": now() as f64 - 0.5, "subscribe": ["*"]}));
+    assert_eq!(subscribe_status(&server, &expired).await.1["error"], "token_expired");
+}
+
+#[tokio::test]
+async fn a_configured_issuer_and_audience_must_be_present() {
+    let mut config = test_config();
+    config.auth.issuer = Some("https://issuer.test".to_owned());
+    config.auth.audience = vec!["sse".to_owned()];
+    let server = TestServer::start(config).await;
+    let without_iss = token_with(|c| {
+        c.subscribe = patterns(&["*"]);
+        c.aud = vec!["sse".to_owned()];
+    });
+    let without_aud = token_with(|c| {
+        c.subscribe = patterns(&["*"]);
+        c.iss = Some("https://issuer.test".to_owned());
+    });
+    for token in [without_iss, without_aud] {
+        let (status, body) = subscribe_status(&server, &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"], "missing_claim");
+    }
+}
+
+#[tokio::test]
+async fn an_expiry_beyond_the_clock_is_no_expiry_not_a_crash() {
+    let server = TestServer::start_default().await;
+    for exp in [json!(u64::MAX), json!(1e300)] {
+        let token = mint_raw_claims(&json!({"exp": exp, "subscribe": ["*"], "publish": ["*"]}));
+        assert_eq!(subscribe_status(&server, &token).await.0, StatusCode::OK, "{exp}");
+        let publish = server
+            .http
+            .post(server.url("/events"))
+            .bearer_auth(&token)
+            .json(&json!({"stream":"a","data":1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(publish.status(), StatusCode::OK, "{exp}");
+    }
 }
 
 #[tokio::test]

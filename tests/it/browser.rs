@@ -40,33 +40,23 @@ async fn the_demo_page_shows_published_events_live() {
         .await;
     let health = json!({"stream":"demo.servers","host":"web-test","cpu":0.42,"mem":0.63,"status":"ok","at":"2026-11-21T07:00:00Z"});
     let id = server.publish("demo.servers", Some("health"), health).await;
-    let pipeline = json!({"stream":"demo.ci","pipeline":"api","run":7,"stage":"test","status":"passed","duration_s":42});
+    let pipeline =
+        json!({"stream":"demo.ci","pipeline":"api","run":7,"stage":"test","status":"passed","duration_s":42});
     server.publish("demo.ci", Some("pipeline"), pipeline).await;
     browser
-        .wait_for(
-            "the host card",
-            r#"document.querySelector('[data-host="web-test"]')"#,
-        )
+        .wait_for("the host card", r#"document.querySelector('[data-host="web-test"]')"#)
         .await;
     browser
-        .wait_for(
-            "the pipeline row",
-            r#"document.querySelector('[data-pipeline="api"]')"#,
-        )
+        .wait_for("the pipeline row", r#"document.querySelector('[data-pipeline="api"]')"#)
         .await;
-    let logged = browser
-        .eval("return window.demoEvents.map(e => e.id);", vec![])
-        .await;
+    let logged = browser.eval("return window.demoEvents.map(e => e.id);", vec![]).await;
     assert!(logged.as_array().unwrap().contains(&json!(id)));
     // Let the sample publisher fill the page before the screenshot.
     browser
         .wait_for("sample events", "window.demoEvents.length >= 15")
         .await;
     let shown = browser
-        .eval(
-            "return document.querySelector('#last-event-id').textContent;",
-            vec![],
-        )
+        .eval("return document.querySelector('#last-event-id').textContent;", vec![])
         .await;
     assert!(shown.as_str().unwrap().contains(char::is_numeric));
     browser.screenshot("demo").await;
@@ -81,14 +71,10 @@ async fn an_event_source_with_an_access_token_receives_two_streams() {
     browser
         .eval(
             LISTEN,
-            vec![json!(format!(
-                "/events?stream=alpha&stream=beta&access_token={token}"
-            ))],
+            vec![json!(format!("/events?stream=alpha&stream=beta&access_token={token}"))],
         )
         .await;
-    browser
-        .wait_for("the stream to open", "window.opens === 1")
-        .await;
+    browser.wait_for("the stream to open", "window.opens === 1").await;
     let first = server.publish("alpha", None, json!("from alpha")).await;
     let second = server.publish("beta", None, json!({"from": "beta"})).await;
     let got = browser
@@ -106,26 +92,17 @@ async fn the_browser_reconnects_with_last_event_id_and_loses_nothing() {
     let server = TestServer::start(config).await;
     let proxy = ChaosProxy::start(server.addr).await;
     let browser = Browser::start().await;
-    browser
-        .goto(&format!("http://{}/healthz", proxy.addr))
-        .await;
+    browser.goto(&format!("http://{}/healthz", proxy.addr)).await;
     let token = server.token(&["r"], &[]);
     browser
-        .eval(
-            LISTEN,
-            vec![json!(format!("/events?stream=r&access_token={token}"))],
-        )
+        .eval(LISTEN, vec![json!(format!("/events?stream=r&access_token={token}"))])
         .await;
-    browser
-        .wait_for("the stream to open", "window.opens === 1")
-        .await;
+    browser.wait_for("the stream to open", "window.opens === 1").await;
     let mut published = vec![
         server.publish("r", None, json!(1)).await,
         server.publish("r", None, json!(2)).await,
     ];
-    browser
-        .wait_for("the first events", "window.got.length === 2")
-        .await;
+    browser.wait_for("the first events", "window.got.length === 2").await;
 
     // The connection drops; events keep coming while the browser is away.
     proxy.cut(true);
@@ -133,18 +110,12 @@ async fn the_browser_reconnects_with_last_event_id_and_loses_nothing() {
         published.push(server.publish("r", None, json!(i)).await);
     }
     proxy.unblock();
-    browser
-        .wait_for("the browser to reconnect", "window.opens >= 2")
-        .await;
+    browser.wait_for("the browser to reconnect", "window.opens >= 2").await;
     published.push(server.publish("r", None, json!(6)).await);
     let got = browser
         .wait_for("every event", "window.got.length >= 6 && window.got")
         .await;
-    assert_eq!(
-        ids(&got),
-        published,
-        "nothing lost, nothing duplicated, in order"
-    );
+    assert_eq!(ids(&got), published, "nothing lost, nothing duplicated, in order");
     let gaps = browser.eval("return window.gaps.length;", vec![]).await;
     assert_eq!(gaps, json!(0));
 }
@@ -177,10 +148,7 @@ async fn a_gap_notice_reaches_the_page() {
     }
     proxy.unblock();
     let gap = browser
-        .wait_for(
-            "the gap notice",
-            "window.demoEvents.find(e => e.type === 'gap')",
-        )
+        .wait_for("the gap notice", "window.demoEvents.find(e => e.type === 'gap')")
         .await;
     let data: Value = serde_json::from_str(gap["data"].as_str().unwrap()).unwrap();
     assert_eq!(data["streams"], json!(["demo.ci"]));

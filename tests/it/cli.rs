@@ -18,22 +18,10 @@ async fn token_command_mints_a_token_the_gateway_accepts() {
     let output = Command::new(BIN)
         .current_dir(dir.path())
         .env("SSE_GATEWAY_AUTH__HS256_SECRET", SECRET)
-        .args([
-            "token",
-            "--sub",
-            "cli-test",
-            "--subscribe",
-            "news.*",
-            "--ttl",
-            "5m",
-        ])
+        .args(["token", "--sub", "cli-test", "--subscribe", "news.*", "--ttl", "5m"])
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     let allowed = server
         .http
@@ -115,11 +103,7 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
-            std::fs::metadata(&secret_file)
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
+            std::fs::metadata(&secret_file).unwrap().permissions().mode() & 0o777,
             0o600
         );
     }
@@ -146,9 +130,7 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     drop(response);
     // A token in the query string is redacted from request logs.
     let by_query = http
-        .get(format!(
-            "http://{addr}/events?stream=b&access_token={token}"
-        ))
+        .get(format!("http://{addr}/events?stream=b&access_token={token}"))
         .send()
         .await
         .unwrap();

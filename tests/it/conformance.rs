@@ -35,10 +35,7 @@ macro_rules! on_both_backends {
 }
 
 fn ids(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e.id.clone().expect("event id"))
-        .collect()
+    events.iter().map(|e| e.id.clone().expect("event id")).collect()
 }
 
 fn defaults(_: &mut Config) {}
@@ -82,25 +79,19 @@ fn small_buffer(config: &mut Config) {
     config.streams.buffer_size = 3;
 }
 
-on_both_backends!(
-    evicted_history_earns_a_gap_notice,
-    small_buffer,
-    |server: Arc<TestServer>| async move {
-        let mut published = Vec::new();
-        for i in 0..6 {
-            published.push(server.publish("g", None, json!(i)).await);
-        }
-        let mut resumed = server.subscribe(&["g"], Some(&published[0])).await;
-        assert_eq!(resumed.next_event().await.event, "gap");
-        assert_eq!(ids(&resumed.events(3).await), published[3..]);
-        let mut exact = server.subscribe(&["g"], Some(&published[2])).await;
-        assert_eq!(
-            ids(&exact.events(3).await),
-            published[3..],
-            "no gap at the boundary"
-        );
+on_both_backends!(evicted_history_earns_a_gap_notice, small_buffer, |server: Arc<
+    TestServer,
+>| async move {
+    let mut published = Vec::new();
+    for i in 0..6 {
+        published.push(server.publish("g", None, json!(i)).await);
     }
-);
+    let mut resumed = server.subscribe(&["g"], Some(&published[0])).await;
+    assert_eq!(resumed.next_event().await.event, "gap");
+    assert_eq!(ids(&resumed.events(3).await), published[3..]);
+    let mut exact = server.subscribe(&["g"], Some(&published[2])).await;
+    assert_eq!(ids(&exact.events(3).await), published[3..], "no gap at the boundary");
+});
 
 on_both_backends!(
     concurrent_publishers_reach_subscribers_in_id_order,
@@ -114,9 +105,7 @@ on_both_backends!(
                 let (server, stream) = (server.clone(), (*stream).to_owned());
                 tokio::spawn(async move {
                     for i in 0..40 {
-                        server
-                            .publish(&stream, None, json!(format!("{stream}:{i}")))
-                            .await;
+                        server.publish(&stream, None, json!(format!("{stream}:{i}"))).await;
                     }
                 })
             })
@@ -138,14 +127,16 @@ on_both_backends!(
     }
 );
 
-on_both_backends!(an_invalid_batch_stores_nothing, defaults, |server: Arc<
-    TestServer,
->| async move {
-    let mut subscriber = server.subscribe(&["batch"], None).await;
-    let (status, _) = server
-        .post_json(&json!([{"stream":"batch","data":1},{"stream":"bad name","data":2}]))
-        .await;
-    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
-    let marker = server.publish("batch", None, json!("marker")).await;
-    assert_eq!(subscriber.next_event().await.id, Some(marker));
-});
+on_both_backends!(
+    an_invalid_batch_stores_nothing,
+    defaults,
+    |server: Arc<TestServer>| async move {
+        let mut subscriber = server.subscribe(&["batch"], None).await;
+        let (status, _) = server
+            .post_json(&json!([{"stream":"batch","data":1},{"stream":"bad name","data":2}]))
+            .await;
+        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+        let marker = server.publish("batch", None, json!("marker")).await;
+        assert_eq!(subscriber.next_event().await.id, Some(marker));
+    }
+);

@@ -57,10 +57,7 @@ async fn publish_floods_get_429_with_retry_after() {
     config.limits.publish_burst = 5;
     let server = TestServer::start(config).await;
     let batch: Vec<Value> = (0..5).map(|i| json!({"stream":"f","data":i})).collect();
-    assert_eq!(
-        server.post_json(&Value::from(batch)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(server.post_json(&Value::from(batch)).await.0, StatusCode::OK);
     let response = server
         .http
         .post(server.url("/events"))
@@ -70,16 +67,9 @@ async fn publish_floods_get_429_with_retry_after() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry_after: u64 = response.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["error"],
-        "publish_rate_limit"
-    );
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "publish_rate_limit");
 }
 
 #[tokio::test]
@@ -108,9 +98,7 @@ async fn clients_sending_headers_slowly_are_disconnected() {
     config.server.header_read_timeout = Duration::from_millis(300);
     let server = TestServer::start(config).await;
     let mut slow = TcpStream::connect(server.addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n").await.unwrap();
     // Never finish the headers: the server must close the connection by itself.
     let mut buffer = [0_u8; 256];
     loop {
@@ -120,12 +108,7 @@ async fn clients_sending_headers_slowly_are_disconnected() {
         }
     }
     // Everyone else is served.
-    let ok = server
-        .http
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let ok = server.http.get(server.url("/healthz")).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
 }
 
@@ -143,9 +126,7 @@ async fn publish_bodies_sent_slowly_time_out_with_408() {
     let mut response = Vec::new();
     let mut buffer = [0_u8; 1024];
     while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = within("a 408 response", socket.read(&mut buffer))
-            .await
-            .unwrap();
+        let read = within("a 408 response", socket.read(&mut buffer)).await.unwrap();
         assert!(read > 0, "connection closed without a response");
         response.extend_from_slice(&buffer[..read]);
     }
@@ -212,13 +193,7 @@ async fn oversized_and_malformed_requests_get_client_errors() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     // After all that, the node still serves.
     assert_eq!(
-        server
-            .http
-            .get(server.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        server.http.get(server.url("/readyz")).send().await.unwrap().status(),
         StatusCode::OK
     );
 }
@@ -255,11 +230,7 @@ async fn nothing_published_can_inject_sse_fields_or_headers() {
             );
         }
     }
-    assert_eq!(
-        accepted.len(),
-        2,
-        "only the data-only attempts are accepted"
-    );
+    assert_eq!(accepted.len(), 2, "only the data-only attempts are accepted");
     for data in accepted {
         let event = stream.next_event().await;
         assert_eq!(event.event, "message", "no forged event type");
@@ -288,17 +259,11 @@ async fn shutdown_spreads_reconnects_with_a_jittered_retry() {
         }
         retries.push(last_retry.expect("a retry line before the end"));
     }
-    assert!(
-        retries.iter().all(|ms| (1000..=11_000).contains(ms)),
-        "{retries:?}"
-    );
+    assert!(retries.iter().all(|ms| (1000..=11_000).contains(ms)), "{retries:?}");
     let mut distinct = retries.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    assert!(
-        distinct.len() >= 30,
-        "reconnect times are spread: {retries:?}"
-    );
+    assert!(distinct.len() >= 30, "reconnect times are spread: {retries:?}");
     let seconds: std::collections::HashSet<u64> = retries.iter().map(|ms| ms / 1000).collect();
     assert!(
         seconds.len() >= 5,

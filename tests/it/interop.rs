@@ -12,10 +12,7 @@ async fn a_third_party_sse_client_receives_ids_types_and_data() {
     let server = TestServer::start_default().await;
     let client = ClientBuilder::for_url(&server.events_url(&["interop", "other"]))
         .unwrap()
-        .header(
-            "Authorization",
-            &format!("Bearer {}", server.token(&["*"], &[])),
-        )
+        .header("Authorization", &format!("Bearer {}", server.token(&["*"], &[])))
         .unwrap()
         .build_with_transport(HyperTransport::builder().build_http().unwrap());
     let mut events = client.stream();
@@ -24,9 +21,7 @@ async fn a_third_party_sse_client_receives_ids_types_and_data() {
         Some(Ok(SSE::Comment(_) | SSE::Connected(_))) => {}
         other => panic!("expected the stream to open, got {other:?}"),
     }
-    let first = server
-        .publish("interop", Some("greeting"), json!("hello\nworld"))
-        .await;
+    let first = server.publish("interop", Some("greeting"), json!("hello\nworld")).await;
     let second = server.publish("other", None, json!({"n": 2})).await;
     let mut received = Vec::new();
     while received.len() < 2 {

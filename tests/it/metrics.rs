@@ -34,12 +34,7 @@ async fn metrics_count_what_happened() {
     stream.next_event().await;
     let mut resumed = server.subscribe(&["m"], Some("garbage")).await;
     resumed.next_event().await;
-    let unauthorized = server
-        .http
-        .get(server.events_url(&["m"]))
-        .send()
-        .await
-        .unwrap();
+    let unauthorized = server.http.get(server.events_url(&["m"])).send().await.unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
     assert!(!first.is_empty());
 
@@ -66,9 +61,7 @@ async fn tokens_and_stream_names_never_appear_in_metrics() {
         server.events_url(&["very-secret-stream-name"])
     );
     let _open = server.http.get(url).send().await.unwrap();
-    server
-        .publish("very-secret-stream-name", None, json!(1))
-        .await;
+    server.publish("very-secret-stream-name", None, json!(1)).await;
     let text = server.metrics_text().await;
     assert!(!text.contains(&token));
     assert!(!text.contains("very-secret-stream-name"));
@@ -88,12 +81,7 @@ async fn metrics_can_have_their_own_address() {
         .unwrap();
     assert_eq!(separate.status(), StatusCode::OK);
     assert!(separate.text().await.unwrap().contains("sse_"));
-    let main = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let main = server.http.get(server.url("/metrics")).send().await.unwrap();
     assert_eq!(main.status(), StatusCode::NOT_FOUND);
 }
 
@@ -101,8 +89,7 @@ async fn metrics_can_have_their_own_address() {
 /// suffixes kept, so the series itself is checked).
 fn dashboard_metrics() -> Vec<String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/sse-gateway.json");
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(!exprs.is_empty(), "the dashboard has queries");
@@ -140,15 +127,8 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     let server = TestServer::start_default().await;
     // Touch the labelled families: an auth rejection (also a rejected connection),
     // a rejected publish, an HTTP request.
-    let _ = server
-        .http
-        .get(server.events_url(&["d"]))
-        .send()
-        .await
-        .unwrap();
-    let _ = server
-        .post_json(&json!({"stream":"bad name","data":1}))
-        .await;
+    let _ = server.http.get(server.events_url(&["d"])).send().await.unwrap();
+    let _ = server.post_json(&json!({"stream":"bad name","data":1})).await;
     server.publish("d", None, json!(1)).await;
     let text = server.metrics_text().await;
     let exported: Vec<&str> = text
@@ -167,12 +147,7 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
 #[tokio::test]
 async fn metrics_pass_promtool_check() {
     let server = TestServer::start_default().await;
-    let _ = server
-        .http
-        .get(server.events_url(&["p"]))
-        .send()
-        .await
-        .unwrap();
+    let _ = server.http.get(server.events_url(&["p"])).send().await.unwrap();
     server.publish("p", None, json!(1)).await;
     let text = server.metrics_text().await;
     let promtool = std::process::Command::new("promtool")

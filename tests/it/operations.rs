@@ -21,16 +21,8 @@ async fn unknown_routes_and_methods_are_client_errors() {
     let server = TestServer::start_default().await;
     let response = server.http.get(server.url("/nope")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        response.json::<Value>().await.unwrap()["error"],
-        "not_found"
-    );
-    let response = server
-        .http
-        .delete(server.url("/events"))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["error"], "not_found");
+    let response = server.http.delete(server.url("/events")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
@@ -39,9 +31,7 @@ async fn read_head(socket: &mut TcpStream) -> String {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0_u8; 1];
-        let read = within("response head", socket.read(&mut byte))
-            .await
-            .unwrap();
+        let read = within("response head", socket.read(&mut byte)).await.unwrap();
         assert_eq!(read, 1, "connection closed before a response head");
         head.push(byte[0]);
     }
@@ -87,11 +77,7 @@ async fn cors_is_closed_unless_origins_are_configured() {
         .send()
         .await
         .unwrap();
-    assert!(
-        !response
-            .headers()
-            .contains_key("access-control-allow-origin")
-    );
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
 
     let mut config = crate::support::test_config();
     config.cors.allowed_origins = vec!["https://app.example".to_owned()];
@@ -110,10 +96,7 @@ async fn cors_is_closed_unless_origins_are_configured() {
         preflight.headers()["access-control-allow-origin"],
         "https://app.example"
     );
-    assert_eq!(
-        preflight.headers()["access-control-allow-credentials"],
-        "true"
-    );
+    assert_eq!(preflight.headers()["access-control-allow-credentials"], "true");
     let other = open
         .http
         .get(open.url("/healthz"))

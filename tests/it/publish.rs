@@ -169,13 +169,7 @@ async fn invalid_bodies_names_and_event_types_are_bad_requests() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
         assert!(reply["message"].is_string());
     }
-    let (status, _) = post(
-        &server,
-        Some(&token),
-        "application/json",
-        vec![0xff_u8, 0xfe, b'{'],
-    )
-    .await;
+    let (status, _) = post(&server, Some(&token), "application/json", vec![0xff_u8, 0xfe, b'{']).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
@@ -189,16 +183,12 @@ async fn oversized_events_and_bodies_are_payload_too_large() {
     let token = server.token(&[], &["*"]);
     let at_limit = json!({"stream":"a","data":"x".repeat(1000)}).to_string();
     assert_eq!(
-        post(&server, Some(&token), "application/json", at_limit)
-            .await
-            .0,
+        post(&server, Some(&token), "application/json", at_limit).await.0,
         StatusCode::OK
     );
     let over = json!({"stream":"a","data":"x".repeat(1001)}).to_string();
     assert_eq!(
-        post(&server, Some(&token), "application/json", over)
-            .await
-            .0,
+        post(&server, Some(&token), "application/json", over).await.0,
         StatusCode::PAYLOAD_TOO_LARGE
     );
     let big_body = json!({"stream":"a","data":"x".repeat(20_000)}).to_string();
@@ -206,13 +196,7 @@ async fn oversized_events_and_bodies_are_payload_too_large() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply["error"], "payload_too_large");
     let six: Vec<Value> = (0..6).map(|i| json!({"stream":"a","data":i})).collect();
-    let (status, _) = post(
-        &server,
-        Some(&token),
-        "application/json",
-        Value::from(six).to_string(),
-    )
-    .await;
+    let (status, _) = post(&server, Some(&token), "application/json", Value::from(six).to_string()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 

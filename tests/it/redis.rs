@@ -40,13 +40,7 @@ pub(crate) async fn node(config: Config) -> TestServer {
 async fn wait_for_readiness(server: &TestServer, expected: StatusCode) {
     within("readiness", async {
         loop {
-            let status = server
-                .http
-                .get(server.url("/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .status();
+            let status = server.http.get(server.url("/readyz")).send().await.unwrap().status();
             if status == expected {
                 return;
             }
@@ -57,10 +51,7 @@ async fn wait_for_readiness(server: &TestServer, expected: StatusCode) {
 }
 
 fn ids(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e.id.clone().expect("event id"))
-        .collect()
+    events.iter().map(|e| e.id.clone().expect("event id")).collect()
 }
 
 #[tokio::test]
@@ -108,8 +99,7 @@ async fn history_survives_restarting_every_node() {
     let redis = RedisServer::start().await;
     let config = redis_config(&redis.url());
     let a = node(config.clone()).await;
-    let published: Vec<String> =
-        futures::future::join_all((0..4).map(|i| a.publish("h", None, json!(i)))).await;
+    let published: Vec<String> = futures::future::join_all((0..4).map(|i| a.publish("h", None, json!(i)))).await;
     let mut published = published;
     published.sort();
     a.stop().await.unwrap();
@@ -157,12 +147,7 @@ async fn redis_outage_answers_503_keeps_subscribers_and_recovers_what_was_stored
     proxy.cut(true);
     // Publishing through the cut-off node fails loudly; readiness follows.
     within("publishes to answer 503", async {
-        while behind_proxy
-            .post_json(&json!({"stream":"o","data":"lost?"}))
-            .await
-            .0
-            != StatusCode::SERVICE_UNAVAILABLE
-        {
+        while behind_proxy.post_json(&json!({"stream":"o","data":"lost?"})).await.0 != StatusCode::SERVICE_UNAVAILABLE {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })

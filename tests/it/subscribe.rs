@@ -42,10 +42,7 @@ async fn token_is_accepted_from_query_and_cookie() {
     let token = server.token(&["messages"], &[]);
     let by_query = server
         .http
-        .get(format!(
-            "{}&access_token={token}",
-            server.events_url(&["messages"])
-        ))
+        .get(format!("{}&access_token={token}", server.events_url(&["messages"])))
         .send()
         .await
         .unwrap();
@@ -64,13 +61,9 @@ async fn cookie_name_is_configurable() {
     let server = TestServer::start(config).await;
     let token = server.token(&["*"], &[]);
     let url = server.events_url(&["x"]);
-    let configured = server
-        .status_with_cookie(&url, &format!("gw_auth={token}"))
-        .await;
+    let configured = server.status_with_cookie(&url, &format!("gw_auth={token}")).await;
     assert_eq!(configured, StatusCode::OK);
-    let default_name = server
-        .status_with_cookie(&url, &format!("sse_token={token}"))
-        .await;
+    let default_name = server.status_with_cookie(&url, &format!("sse_token={token}")).await;
     assert_eq!(default_name, StatusCode::UNAUTHORIZED);
 }
 
@@ -105,10 +98,7 @@ async fn missing_invalid_and_expired_tokens_are_unauthorized_with_a_bearer_chall
         let (status, headers, body) = get_status(&server, &url, token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{reason}");
         assert!(
-            headers["www-authenticate"]
-                .to_str()
-                .unwrap()
-                .starts_with("Bearer"),
+            headers["www-authenticate"].to_str().unwrap().starts_with("Bearer"),
             "{reason}"
         );
         assert_eq!(body["error"], reason);
@@ -122,22 +112,14 @@ async fn a_token_must_cover_every_requested_stream() {
     let ok = server.events_url(&["messages", "prices.eur"]);
     assert_eq!(get_status_ok(&server, &ok, &token).await, StatusCode::OK);
     for streams in [&["messages", "secret"][..], &["prices"], &["pricesX"]] {
-        let (status, _, body) =
-            get_status(&server, &server.events_url(streams), Some(&token)).await;
+        let (status, _, body) = get_status(&server, &server.events_url(streams), Some(&token)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{streams:?}");
         assert_eq!(body["error"], "stream_not_permitted");
     }
 }
 
 async fn get_status_ok(server: &TestServer, url: &str, token: &str) -> StatusCode {
-    server
-        .http
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
+    server.http.get(url).bearer_auth(token).send().await.unwrap().status()
 }
 
 #[tokio::test]
@@ -155,12 +137,7 @@ async fn bad_stream_requests_are_bad_requests() {
         ("?stream=%C3%A9", "invalid_stream_name"),
         ("?stream=a&stream=b&stream=c", "too_many_streams"),
     ] {
-        let (status, _, body) = get_status(
-            &server,
-            &server.url(&format!("/events{query}")),
-            Some(&token),
-        )
-        .await;
+        let (status, _, body) = get_status(&server, &server.url(&format!("/events{query}")), Some(&token)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(body["error"], reason, "{query}");
     }
@@ -208,12 +185,7 @@ async fn the_stream_ends_when_its_token_expires() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = SseStream::new(response);
     within("expiry to end the stream", stream.until_end()).await;
-    assert!(
-        server
-            .metric("sse_disconnects_total{reason=\"token_expired\"}")
-            .await
-            >= 1.0
-    );
+    assert!(server.metric("sse_disconnects_total{reason=\"token_expired\"}").await >= 1.0);
 }
 
 #[tokio::test]
@@ -248,12 +220,8 @@ async fn connection_limit_answers_service_unavailable() {
     config.limits.max_connections = 1;
     let server = TestServer::start(config).await;
     let first = server.subscribe(&["a"], None).await;
-    let (status, headers, body) = get_status(
-        &server,
-        &server.events_url(&["a"]),
-        Some(&server.token(&["*"], &[])),
-    )
-    .await;
+    let (status, headers, body) =
+        get_status(&server, &server.events_url(&["a"]), Some(&server.token(&["*"], &[]))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(headers.contains_key("retry-after"));
     assert_eq!(body["error"], "connection_limit");
@@ -261,12 +229,7 @@ async fn connection_limit_answers_service_unavailable() {
     // The slot is released when the server notices the client left.
     within("slot release", async {
         loop {
-            let status = get_status_ok(
-                &server,
-                &server.events_url(&["a"]),
-                &server.token(&["*"], &[]),
-            )
-            .await;
+            let status = get_status_ok(&server, &server.events_url(&["a"]), &server.token(&["*"], &[])).await;
             if status == StatusCode::OK {
                 break;
             }

@@ -36,12 +36,7 @@ fn github_signature(body: &str) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn post_hook(
-    server: &TestServer,
-    stream: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (StatusCode, Value) {
+async fn post_hook(server: &TestServer, stream: &str, headers: &[(&str, &str)], body: &str) -> (StatusCode, Value) {
     let mut request = server
         .http
         .post(server.url(&format!("/webhooks/{stream}")))
@@ -59,8 +54,7 @@ async fn gitlab_hooks_publish_the_json_body_with_the_right_token_only() {
     let server = TestServer::start(hooks_config()).await;
     let mut stream = server.subscribe(&["ci.gitlab"], None).await;
     let body = r#"{"object_kind": "pipeline", "status": "success"}"#;
-    let (status, reply) =
-        post_hook(&server, "ci.gitlab", &[("X-Gitlab-Token", "wrong")], body).await;
+    let (status, reply) = post_hook(&server, "ci.gitlab", &[("X-Gitlab-Token", "wrong")], body).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply["error"], "bad_signature");
     let (status, _) = post_hook(&server, "ci.gitlab", &[], body).await;
@@ -80,10 +74,7 @@ async fn gitlab_hooks_publish_the_json_body_with_the_right_token_only() {
     let event = stream.next_event().await;
     assert_eq!(event.id.as_deref(), reply["id"].as_str());
     assert_eq!(event.event, "Pipeline Hook");
-    assert_eq!(
-        event.data,
-        r#"{"object_kind":"pipeline","status":"success"}"#
-    );
+    assert_eq!(event.data, r#"{"object_kind":"pipeline","status":"success"}"#);
 }
 
 #[tokio::test]
@@ -93,21 +84,9 @@ async fn github_hooks_need_a_valid_hmac_of_the_exact_body() {
     let body = r#"{"action":"completed","workflow_run":{"conclusion":"success"}}"#;
     let tampered = r#"{"action":"completed","workflow_run":{"conclusion":"failure"}}"#;
     let signature = github_signature(body);
-    let (status, _) = post_hook(
-        &server,
-        "ci.github",
-        &[("X-Hub-Signature-256", &signature)],
-        tampered,
-    )
-    .await;
+    let (status, _) = post_hook(&server, "ci.github", &[("X-Hub-Signature-256", &signature)], tampered).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, reply) = post_hook(
-        &server,
-        "ci.github",
-        &[("X-Hub-Signature-256", &signature)],
-        body,
-    )
-    .await;
+    let (status, reply) = post_hook(&server, "ci.github", &[("X-Hub-Signature-256", &signature)], body).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
     let event = stream.next_event().await;
     assert_eq!(event.id.as_deref(), reply["id"].as_str());
@@ -118,13 +97,7 @@ async fn github_hooks_need_a_valid_hmac_of_the_exact_body() {
 #[tokio::test]
 async fn unknown_hooks_and_non_json_bodies_are_refused() {
     let server = TestServer::start(hooks_config()).await;
-    let (status, _) = post_hook(
-        &server,
-        "ci.other",
-        &[("X-Gitlab-Token", "gitlab-hook-secret")],
-        "{}",
-    )
-    .await;
+    let (status, _) = post_hook(&server, "ci.other", &[("X-Gitlab-Token", "gitlab-hook-secret")], "{}").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = post_hook(&server, "bad name", &[], "{}").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -13,10 +13,7 @@ async fn data_lines_split_on_crlf_lf_and_cr_and_rebuild_with_lf() {
         ("", ""),
         ("  leading spaces", "  leading spaces"),
         ("trailing newline\n", "trailing newline\n"),
-        (
-            "data: looks like a field\n\nid: 1",
-            "data: looks like a field\n\nid: 1",
-        ),
+        ("data: looks like a field\n\nid: 1", "data: looks like a field\n\nid: 1"),
         ("ünïcödé ✓", "ünïcödé ✓"),
         (": not a comment", ": not a comment"),
     ];
@@ -32,8 +29,7 @@ async fn data_lines_split_on_crlf_lf_and_cr_and_rebuild_with_lf() {
 async fn json_data_is_sent_compact_with_key_order_and_numbers_preserved() {
     let server = TestServer::start_default().await;
     let mut stream = server.subscribe(&["w"], None).await;
-    let body =
-        r#"{"stream":"w","data":{ "z": 1, "a": [1.50, 12345678901234567890123], "s": "x y" }}"#;
+    let body = r#"{"stream":"w","data":{ "z": 1, "a": [1.50, 12345678901234567890123], "s": "x y" }}"#;
     let response = server
         .http
         .post(server.url("/events"))
@@ -65,10 +61,7 @@ async fn each_event_carries_its_id_and_type_on_the_wire() {
     let mut text = String::new();
     use futures::StreamExt;
     while !text.contains("\n\nid") && !text.ends_with("data: b\n\n") {
-        let chunk = crate::support::within("raw bytes", body.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let chunk = crate::support::within("raw bytes", body.next()).await.unwrap().unwrap();
         text.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     assert!(text.starts_with("retry: 3000\n:"), "{text:?}");

@@ -50,26 +50,13 @@ struct JsonEvent<'a> {
 ///
 /// # Errors
 /// `400` for malformed bodies, names or types; `413` past the size limits.
-pub fn parse_body(
-    content_type: Option<&str>,
-    body: &[u8],
-    limits: &BodyLimits,
-) -> Result<PublishBody, ApiError> {
+pub fn parse_body(content_type: Option<&str>, body: &[u8], limits: &BodyLimits) -> Result<PublishBody, ApiError> {
     let is_form = content_type
         .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
-    let parsed = if is_form {
-        parse_form(body)?
-    } else {
-        parse_json(body)?
-    };
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    let parsed = if is_form { parse_form(body)? } else { parse_json(body)? };
     if parsed.events.is_empty() {
-        return Err(ApiError::InvalidRequest(
-            "the batch holds no events".to_owned(),
-        ));
+        return Err(ApiError::InvalidRequest("the batch holds no events".to_owned()));
     }
     if parsed.events.len() > limits.max_batch_events {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -92,8 +79,7 @@ pub fn parse_body(
 }
 
 fn parse_json(body: &[u8]) -> Result<PublishBody, ApiError> {
-    let invalid =
-        |error: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {error}"));
+    let invalid = |error: serde_json::Error| ApiError::InvalidRequest(format!("invalid JSON body: {error}"));
     let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let raw: Vec<JsonEvent<'_>> = if is_batch {
         serde_json::from_slice(body).map_err(invalid)?
@@ -103,9 +89,12 @@ fn parse_json(body: &[u8]) -> Result<PublishBody, ApiError> {
     let events = raw
         .into_iter()
         .map(|event| {
-            let data = match serde_json::from_str::<String>(event.data.get()) {
-                Ok(text) => text,
-                Err(_) => compact_json(event.data.get()),
+            let raw = event.data.get();
+            let data = if raw.starts_with('"') {
+                serde_json::from_str::<String>(raw)
+                    .map_err(|error| ApiError::InvalidRequest(format!("`data` is not a valid JSON string: {error}")))?
+            } else {
+                compact_json(raw)
             };
             new_event(&event.stream, event.event.as_deref(), data)
         })
@@ -121,15 +110,11 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
             "event" => &mut event,
             "data" => &mut data,
             other => {
-                return Err(ApiError::InvalidRequest(format!(
-                    "unknown form field `{other}`"
-                )));
+                return Err(ApiError::InvalidRequest(format!("unknown form field `{other}`")));
             }
         };
         if slot.replace(value).is_some() {
-            return Err(ApiError::InvalidRequest(format!(
-                "form field `{key}` appears twice"
-            )));
+            return Err(ApiError::InvalidRequest(format!("form field `{key}` appears twice")));
         }
     }
     let missing = |field| ApiError::InvalidRequest(format!("form field `{field}` is required"));
@@ -145,13 +130,9 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, ApiError> {
 /// replacing it (`form_urlencoded::parse` would substitute U+FFFD silently).
 fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
     let decode = |part: &[u8]| {
-        let spaced: Vec<u8> = part
-            .iter()
-            .map(|&b| if b == b'+' { b' ' } else { b })
-            .collect();
+        let spaced: Vec<u8> = part.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
         let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-        String::from_utf8(bytes)
-            .map_err(|_| ApiError::InvalidRequest("form body is not valid UTF-8".to_owned()))
+        String::from_utf8(bytes).map_err(|_| ApiError::InvalidRequest("form body is not valid UTF-8".to_owned()))
     };
     body.split(|&b| b == b'&')
         .filter(|pair| !pair.is_empty())
@@ -221,8 +202,7 @@ mod tests {
         let parsed = json(r#"{"stream":"a","data":"line1\nline2"}"#).unwrap();
         assert_eq!(parsed.events[0].data, "line1\nline2");
         assert!(!parsed.is_batch);
-        let parsed =
-            json(r#"{"stream":"a","event":"t","data":{ "z" : [1, 2.50], "a": "x y" }}"#).unwrap();
+        let parsed = json(r#"{"stream":"a","event":"t","data":{ "z" : [1, 2.50], "a": "x y" }}"#).unwrap();
         assert_eq!(parsed.events[0].data, r#"{"z":[1,2.50],"a":"x y"}"#);
         assert_eq!(parsed.events[0].event_type.as_ref().unwrap().as_str(), "t");
     }
@@ -234,7 +214,8 @@ mod tests {
         assert_eq!(parsed.events[1].data, "null");
         assert!(json(r#"[{"stream":"a","data":1},{"stream":"b c","data":1}]"#).is_err());
         assert!(matches!(json("[]"), Err(ApiError::InvalidRequest(_))));
-        let four = r#"[{"stream":"a","data":1},{"stream":"a","data":1},{"stream":"a","data":1},{"stream":"a","data":1}]"#;
+        let four =
+            r#"[{"stream":"a","data":1},{"stream":"a","data":1},{"stream":"a","data":1},{"stream":"a","data":1}]"#;
         assert!(matches!(json(four), Err(ApiError::PayloadTooLarge(_))));
     }
 
@@ -248,6 +229,7 @@ mod tests {
             r#"{"stream":"a","data":"x","id":"5"}"#,
             r#"{"stream":"a","data":"x","event":"gap"}"#,
             r#"{"stream":"a","data":"x","event":"a\nb"}"#,
+            r#"{"stream":"a","data":"\ud800abc"}"#,
         ] {
             assert!(json(body).is_err(), "{body}");
         }
@@ -257,23 +239,13 @@ mod tests {
 
     #[test]
     fn forms_carry_one_event() {
-        let form = |body: &str| {
-            parse_body(
-                Some("application/x-www-form-urlencoded"),
-                body.as_bytes(),
-                &LIMITS,
-            )
-        };
+        let form = |body: &str| parse_body(Some("application/x-www-form-urlencoded"), body.as_bytes(), &LIMITS);
         let parsed = form("stream=a&event=t&data=hello+world%0Aline").unwrap();
         assert_eq!(parsed.events[0].data, "hello world\nline");
         assert!(form("stream=a").is_err());
         assert!(form("stream=a&data=1&data=2").is_err());
         assert!(form("stream=a&data=1&extra=2").is_err());
-        assert!(
-            form("stream=a&data=1&event=").unwrap().events[0]
-                .event_type
-                .is_none()
-        );
+        assert!(form("stream=a&data=1&event=").unwrap().events[0].event_type.is_none());
     }
 
     proptest! {

@@ -38,37 +38,19 @@ pub async fn publish_events(
     result
 }
 
-async fn publish(
-    state: &AppState,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, body: Body) -> Result<Response, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
     }
     let verified = authenticate(state, headers, query, TokenSources { cookie_name: None })?;
     let limits = &state.config.limits;
-    let bytes = read_body(
-        body,
-        limits.max_body_bytes,
-        state.config.server.request_timeout,
-    )
-    .await?;
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok());
-    let PublishBody { events, is_batch } =
-        parse_body(content_type, &bytes, &BodyLimits::from(limits))?;
-    if !events
-        .iter()
-        .all(|event| verified.claims.may_publish(&event.stream))
-    {
+    let bytes = read_body(body, limits.max_body_bytes, state.config.server.request_timeout).await?;
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let PublishBody { events, is_batch } = parse_body(content_type, &bytes, &BodyLimits::from(limits))?;
+    if !events.iter().all(|event| verified.claims.may_publish(&event.stream)) {
         return Err(AuthError::StreamNotPermitted.into());
     }
-    state
-        .limiter
-        .admit_publish(&verified.subject, events.len())?;
+    state.limiter.admit_publish(&verified.subject, events.len())?;
     // Checked again: shutdown may have begun while the body was arriving.
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);

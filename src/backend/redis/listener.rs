@@ -68,11 +68,7 @@ impl Listener {
         }
     }
 
-    pub(super) async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<ListenerCommand>,
-        stop: CancellationToken,
-    ) {
+    pub(super) async fn run(mut self, mut commands: mpsc::Receiver<ListenerCommand>, stop: CancellationToken) {
         let mut health = tokio::time::interval(self.config.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -99,14 +95,9 @@ impl Listener {
 
     async fn subscribe(&mut self, streams: &[StreamName]) -> Result<(), BackendError> {
         let Some(sink) = &mut self.sink else {
-            return Err(BackendError::Unavailable(
-                "Redis notification link is down".to_owned(),
-            ));
+            return Err(BackendError::Unavailable("Redis notification link is down".to_owned()));
         };
-        let new: Vec<&StreamName> = streams
-            .iter()
-            .filter(|s| !self.channels.contains(*s))
-            .collect();
+        let new: Vec<&StreamName> = streams.iter().filter(|s| !self.channels.contains(*s)).collect();
         if new.is_empty() {
             return Ok(());
         }
@@ -116,27 +107,18 @@ impl Listener {
                 self.channels.extend(new.into_iter().cloned());
                 Ok(())
             }
-            Ok(Err(error)) => Err(BackendError::Unavailable(format!(
-                "redis subscribe: {error}"
-            ))),
-            Err(_) => Err(BackendError::Unavailable(
-                "redis subscribe timed out".to_owned(),
-            )),
+            Ok(Err(error)) => Err(BackendError::Unavailable(format!("redis subscribe: {error}"))),
+            Err(_) => Err(BackendError::Unavailable("redis subscribe timed out".to_owned())),
         }
     }
 
     fn on_message(&mut self, message: &redis::Msg) {
-        let Some(stream) = self
-            .shared
-            .keys
-            .stream_of_channel(message.get_channel_name())
-        else {
+        let Some(stream) = self.shared.keys.stream_of_channel(message.get_channel_name()) else {
             return;
         };
         let payload = String::from_utf8_lossy(message.get_payload_bytes());
         let mut parts = payload.splitn(3, '\n');
-        let (Some(id), Some(event_type), Some(data)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(id), Some(event_type), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
             tracing::warn!("malformed notification ignored");
             return;
         };
@@ -171,11 +153,7 @@ impl Listener {
         match self.shared.read_history(&[], &id_to_redis(cursor)).await {
             Ok(history) => {
                 self.shared.commands_ok.store(true, Ordering::Release);
-                if self
-                    .epoch
-                    .as_ref()
-                    .is_some_and(|epoch| *epoch != history.epoch)
-                {
+                if self.epoch.as_ref().is_some_and(|epoch| *epoch != history.epoch) {
                     tracing::warn!("Redis lost its data (new epoch); sending gap notices");
                     self.recover().await;
                 }
@@ -199,10 +177,7 @@ impl Listener {
             .set_number_of_retries(1);
         let mut managers = Vec::with_capacity(self.config.connections);
         for _ in 0..self.config.connections {
-            let connect = self
-                .shared
-                .client
-                .get_connection_manager_with_config(config.clone());
+            let connect = self.shared.client.get_connection_manager_with_config(config.clone());
             match tokio::time::timeout(self.config.connect_timeout, connect).await {
                 Ok(Ok(manager)) => managers.push(manager),
                 _ => return,
@@ -214,19 +189,13 @@ impl Listener {
 
     async fn connect_notifications(&mut self) {
         let connect = self.shared.client.get_async_pubsub();
-        let Ok(Ok(pubsub)) = tokio::time::timeout(self.config.connect_timeout, connect).await
-        else {
+        let Ok(Ok(pubsub)) = tokio::time::timeout(self.config.connect_timeout, connect).await else {
             return;
         };
         let (mut sink, messages) = pubsub.split();
-        let names: Vec<String> = self
-            .channels
-            .iter()
-            .map(|s| self.shared.keys.channel(s))
-            .collect();
+        let names: Vec<String> = self.channels.iter().map(|s| self.shared.keys.channel(s)).collect();
         if !names.is_empty() {
-            let subscribed =
-                tokio::time::timeout(self.config.response_timeout, sink.subscribe(&names)).await;
+            let subscribed = tokio::time::timeout(self.config.response_timeout, sink.subscribe(&names)).await;
             if !matches!(subscribed, Ok(Ok(()))) {
                 return;
             }
@@ -248,11 +217,7 @@ impl Listener {
     async fn recover(&mut self) -> bool {
         let streams: Vec<StreamName> = self.channels.iter().cloned().collect();
         let cursor = self.cursor.unwrap_or(EventId::ZERO);
-        let history = match self
-            .shared
-            .read_history(&streams, &id_to_redis(cursor))
-            .await
-        {
+        let history = match self.shared.read_history(&streams, &id_to_redis(cursor)).await {
             Ok(history) => history,
             Err(error) => {
                 tracing::debug!(%error, "cannot read history to recover");
@@ -271,7 +236,7 @@ impl Listener {
                 metrics::counter!(m::GAP_NOTICES).increment(1);
                 self.shared
                     .registry
-                    .deliver(&stream.name, &Arc::new(gap_frame(&stream.name)));
+                    .deliver(&stream.name, &Arc::new(gap_frame(&stream.name, cursor)));
             }
             missed.extend(stream.frames.iter().map(|frame| (&stream.name, frame)));
         }
@@ -295,9 +260,7 @@ impl Listener {
             return;
         }
         let names: Vec<String> = unused.iter().map(|s| self.shared.keys.channel(s)).collect();
-        if let Ok(Ok(())) =
-            tokio::time::timeout(self.config.response_timeout, sink.unsubscribe(&names)).await
-        {
+        if let Ok(Ok(())) = tokio::time::timeout(self.config.response_timeout, sink.unsubscribe(&names)).await {
             for stream in &unused {
                 self.channels.remove(stream);
             }
@@ -328,13 +291,14 @@ async fn next_message(messages: &mut Option<PubSubStream>) -> Option<redis::Msg>
     }
 }
 
-/// A gap notice for the live subscribers of one stream; not an event, so it sorts
-/// after every id at the replay seam.
-fn gap_frame(stream: &StreamName) -> Frame {
+/// A gap notice for the live subscribers of one stream, carrying `delivered_through`
+/// (every earlier event was already queued for them). Not an event: its frame id
+/// sorts after every id at the replay seam.
+fn gap_frame(stream: &StreamName, delivered_through: EventId) -> Frame {
     Frame {
         id: EventId::MAX,
         published_at: Instant::now(),
-        bytes: sse::encode_gap_notice(std::slice::from_ref(stream)),
+        bytes: sse::encode_gap_notice(std::slice::from_ref(stream), delivered_through),
     }
 }
 
@@ -343,8 +307,6 @@ fn lag_seconds(id: EventId) -> f64 {
     let id_ms = id.as_u64() >> super::SEQUENCE_BITS;
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        });
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
     now_ms.saturating_sub(id_ms) as f64 / 1000.0
 }

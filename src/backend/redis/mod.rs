@@ -44,10 +44,7 @@ const SEQUENCE_BITS: u32 = 20;
 fn id_from_redis(text: &str) -> Result<EventId, BackendError> {
     let invalid = || BackendError::Unavailable(format!("unexpected Redis stream id `{text}`"));
     let (ms, seq) = text.split_once('-').ok_or_else(invalid)?;
-    let (ms, seq): (u64, u64) = (
-        ms.parse().map_err(|_| invalid())?,
-        seq.parse().map_err(|_| invalid())?,
-    );
+    let (ms, seq): (u64, u64) = (ms.parse().map_err(|_| invalid())?, seq.parse().map_err(|_| invalid())?);
     if seq >= 1 << SEQUENCE_BITS || ms >= 1 << (64 - SEQUENCE_BITS) {
         return Err(invalid());
     }
@@ -57,11 +54,7 @@ fn id_from_redis(text: &str) -> Result<EventId, BackendError> {
 /// A gateway id as a Redis Stream id.
 fn id_to_redis(id: EventId) -> String {
     let raw = id.as_u64();
-    format!(
-        "{}-{}",
-        raw >> SEQUENCE_BITS,
-        raw & ((1 << SEQUENCE_BITS) - 1)
-    )
+    format!("{}-{}", raw >> SEQUENCE_BITS, raw & ((1 << SEQUENCE_BITS) - 1))
 }
 
 /// Key names for one prefix.
@@ -103,9 +96,7 @@ impl Connections {
     fn get(&self) -> Result<ConnectionManager, BackendError> {
         let managers = self.managers.lock().unwrap_or_else(PoisonError::into_inner);
         if managers.is_empty() {
-            return Err(BackendError::Unavailable(
-                "not connected to Redis".to_owned(),
-            ));
+            return Err(BackendError::Unavailable("not connected to Redis".to_owned()));
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % managers.len();
         Ok(managers[index].clone())
@@ -116,10 +107,7 @@ impl Connections {
     }
 
     fn is_empty(&self) -> bool {
-        self.managers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+        self.managers.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 }
 
@@ -149,11 +137,7 @@ impl Shared {
     }
 
     /// Runs the replay script for `streams` after `after`.
-    async fn read_history(
-        &self,
-        streams: &[StreamName],
-        after: &str,
-    ) -> Result<History, BackendError> {
+    async fn read_history(&self, streams: &[StreamName], after: &str) -> Result<History, BackendError> {
         let mut connection = self.connections.get()?;
         let mut invocation = self.replay_script.prepare_invoke();
         invocation
@@ -200,10 +184,7 @@ impl History {
         let [epoch, floor, reclaimed, last, streams @ ..] = items else {
             return Err(malformed());
         };
-        let streams = streams
-            .iter()
-            .map(StreamHistory::parse)
-            .collect::<Result<_, _>>()?;
+        let streams = streams.iter().map(StreamHistory::parse).collect::<Result<_, _>>()?;
         Ok(Self {
             epoch: text(epoch)?,
             floor: id_from_redis(&text(floor)?)?,
@@ -231,10 +212,7 @@ impl StreamHistory {
         };
         let name = StreamName::try_new(&text(name)?).map_err(|_| malformed())?;
         let present = matches!(present, Value::Int(1));
-        let frames = array(entries)?
-            .iter()
-            .map(frame_from_entry)
-            .collect::<Result<_, _>>()?;
+        let frames = array(entries)?.iter().map(frame_from_entry).collect::<Result<_, _>>()?;
         Ok(Self {
             name,
             present,
@@ -307,18 +285,14 @@ impl RedisBackend {
     ///
     /// # Errors
     /// [`BackendError::Unavailable`] when the URL cannot be parsed.
-    pub fn start(
-        config: &Config,
-        registry: Arc<StreamRegistry>,
-    ) -> Result<Arc<Self>, BackendError> {
+    pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<Self>, BackendError> {
         let redis = &config.backend.redis;
         if redis.url.expose().starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; a second install is a no-op.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(redis.url.expose()).map_err(|_| {
-            BackendError::Unavailable("backend.redis.url is not a valid Redis URL".to_owned())
-        })?;
+        let client = redis::Client::open(redis.url.expose())
+            .map_err(|_| BackendError::Unavailable("backend.redis.url is not a valid Redis URL".to_owned()))?;
         let mut seed = [0_u8; 8];
         rand::Rng::fill(&mut rand::rng(), &mut seed);
         let shared = Arc::new(Shared {
@@ -340,11 +314,7 @@ impl RedisBackend {
         let stop = CancellationToken::new();
         let (listener, commands) = mpsc::channel(1024);
         tokio::spawn(Listener::new(Arc::clone(&shared), redis.clone()).run(commands, stop.clone()));
-        Ok(Arc::new(Self {
-            shared,
-            listener,
-            stop,
-        }))
+        Ok(Arc::new(Self { shared, listener, stop }))
     }
 
     /// Asks the listener to subscribe to the channels of `streams` and waits until
@@ -365,10 +335,7 @@ impl RedisBackend {
             Resume::After(id) => id,
             Resume::Unrecognised => EventId::ZERO,
         };
-        let history = self
-            .shared
-            .read_history(streams, &id_to_redis(after))
-            .await?;
+        let history = self.shared.read_history(streams, &id_to_redis(after)).await?;
         let recognised = matches!(resume, Resume::After(id) if id <= history.last_issued);
         let mut replay = Replay::default();
         for stream in &history.streams {
@@ -446,8 +413,7 @@ impl Backend for RedisBackend {
     }
 
     fn is_ready(&self) -> bool {
-        self.shared.commands_ok.load(Ordering::Acquire)
-            && self.shared.notifications_ok.load(Ordering::Acquire)
+        self.shared.commands_ok.load(Ordering::Acquire) && self.shared.notifications_ok.load(Ordering::Acquire)
     }
 
     async fn close(&self) {

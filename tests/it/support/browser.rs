@@ -19,11 +19,7 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Self {
-        let port = StdListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -45,8 +41,7 @@ impl Browser {
         let url = format!("http://127.0.0.1:{port}");
         let client = within("chromedriver session", async {
             loop {
-                let mut builder =
-                    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+                let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
                 builder.capabilities(capabilities.clone());
                 match builder.connect(&url).await {
                     Ok(client) => return client,
@@ -68,10 +63,7 @@ impl Browser {
 
     /// Runs `script` (a function body; `arguments` holds `args`) in the page.
     pub async fn eval(&self, script: &str, args: Vec<Value>) -> Value {
-        self.client
-            .execute(script, args)
-            .await
-            .expect("script runs")
+        self.client.execute(script, args).await.expect("script runs")
     }
 
     /// Polls `expression` until it is truthy; returns its value.
@@ -92,8 +84,7 @@ impl Browser {
     /// Saves a PNG of the page under `target/browser-screenshots/`.
     pub async fn screenshot(&self, name: &str) -> std::path::PathBuf {
         let png = self.client.screenshot().await.expect("screenshot");
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
         std::fs::write(&path, png).unwrap();

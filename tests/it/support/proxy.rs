@@ -22,12 +22,7 @@ impl ChaosProxy {
         let addr = listener.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0_u64);
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            target,
-            blocked.clone(),
-            generation.clone(),
-        ));
+        let accept = tokio::spawn(accept_loop(listener, target, blocked.clone(), generation.clone()));
         Self {
             addr,
             blocked,

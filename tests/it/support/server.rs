@@ -42,13 +42,9 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> Self {
-        let main = TcpListener::bind(config.server.addr)
-            .await
-            .expect("bind main listener");
+        let main = TcpListener::bind(config.server.addr).await.expect("bind main listener");
         let metrics = match config.metrics.addr {
-            Some(addr) if config.metrics.enabled => {
-                Some(TcpListener::bind(addr).await.expect("bind metrics"))
-            }
+            Some(addr) if config.metrics.enabled => Some(TcpListener::bind(addr).await.expect("bind metrics")),
             _ => None,
         };
         let addr = main.local_addr().unwrap();
@@ -110,8 +106,7 @@ impl TestServer {
 
     /// Opens `GET /events` for `streams` with a token that may subscribe anywhere.
     pub async fn subscribe(&self, streams: &[&str], last_event_id: Option<&str>) -> SseStream {
-        self.open_url(&self.events_url(streams), last_event_id)
-            .await
+        self.open_url(&self.events_url(streams), last_event_id).await
     }
 
     /// Opens an event stream at `url` (a full `/events?…` URL) with a token that may
@@ -143,24 +138,13 @@ impl TestServer {
         let base = self
             .metrics_addr
             .map_or_else(|| self.url(""), |addr| format!("http://{addr}"));
-        let response = self
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(format!("{base}/metrics")).send().await.unwrap();
         response.text().await.unwrap()
     }
 
     /// Status of `GET url` sending `cookie` as the `Cookie` header.
     pub async fn status_with_cookie(&self, url: &str, cookie: &str) -> reqwest::StatusCode {
-        let response = self
-            .http
-            .get(url)
-            .header("Cookie", cookie)
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(url).header("Cookie", cookie).send().await.unwrap();
         response.status()
     }
 
@@ -196,19 +180,14 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(name, _)| {
-            *name == series || (!series.contains('{') && name.starts_with(&format!("{series}{{")))
-        })
+        .filter(|(name, _)| *name == series || (!series.contains('{') && name.starts_with(&format!("{series}{{"))))
         .filter_map(|(_, value)| value.parse::<f64>().ok())
         .sum()
 }
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 pub fn patterns(list: &[&str]) -> Vec<StreamPattern> {

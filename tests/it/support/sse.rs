@@ -61,8 +61,7 @@ impl SseStream {
             }
             match within("SSE bytes", self.body.next()).await {
                 Some(Ok(chunk)) => {
-                    self.buffer
-                        .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+                    self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
                     self.parse_lines();
                 }
                 Some(Err(_)) | None => self.ended = true,
@@ -108,11 +107,7 @@ impl SseStream {
                 return;
             }
             let line: String = self.buffer[..end].to_owned();
-            let len = if self.buffer[end..].starts_with("\r\n") {
-                2
-            } else {
-                1
-            };
+            let len = if self.buffer[end..].starts_with("\r\n") { 2 } else { 1 };
             self.buffer.drain(..end + len);
             self.process_line(&line);
         }
@@ -140,8 +135,7 @@ impl SseStream {
             return;
         }
         if let Some(comment) = line.strip_prefix(':') {
-            self.pending
-                .push_back(Item::Comment(comment.trim_start().to_owned()));
+            self.pending.push_back(Item::Comment(comment.trim_start().to_owned()));
             return;
         }
         let (field, value) = match line.split_once(':') {
