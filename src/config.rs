@@ -127,6 +127,9 @@ pub struct AuthConfig {
     pub es256_public_key_file: Option<PathBuf>,
     /// PEM public key for EdDSA (Ed25519).
     pub eddsa_public_key_file: Option<PathBuf>,
+    /// Key ids (`kid`) per algorithm. When one is set, tokens of that algorithm must
+    /// name it in their header; unset, the header's `kid` is not checked.
+    pub key_ids: KeyIds,
     /// Reject tokens without `exp`.
     pub require_exp: bool,
     /// Reject tokens whose `nbf` lies in the future.
@@ -153,6 +156,7 @@ impl Default for AuthConfig {
             rs256_public_key_file: None,
             es256_public_key_file: None,
             eddsa_public_key_file: None,
+            key_ids: KeyIds::default(),
             require_exp: true,
             validate_nbf: true,
             issuer: None,
@@ -160,6 +164,32 @@ impl Default for AuthConfig {
             leeway: Duration::ZERO,
             cookie_name: "sse_token".to_owned(),
             close_on_expiry: true,
+        }
+    }
+}
+
+/// `[auth.key_ids]`: the `kid` each algorithm's key answers to, if any.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyIds {
+    #[serde(rename = "HS256")]
+    pub hs256: Option<String>,
+    #[serde(rename = "RS256")]
+    pub rs256: Option<String>,
+    #[serde(rename = "ES256")]
+    pub es256: Option<String>,
+    #[serde(rename = "EdDSA")]
+    pub eddsa: Option<String>,
+}
+
+impl KeyIds {
+    /// The key id configured for `alg`.
+    pub fn get(&self, alg: Algorithm) -> Option<&str> {
+        match alg {
+            Algorithm::HS256 => self.hs256.as_deref(),
+            Algorithm::RS256 => self.rs256.as_deref(),
+            Algorithm::ES256 => self.es256.as_deref(),
+            Algorithm::EdDSA => self.eddsa.as_deref(),
         }
     }
 }

@@ -220,7 +220,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(2000))]
+        // 2000 cases in CI; `PROPTEST_CASES` raises it for longer campaigns.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
+        ))]
 
         /// Any data, type and id round-trip through a WHATWG parser, with line
         /// endings normalised to LF as browsers do.

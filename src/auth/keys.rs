@@ -53,7 +53,7 @@ pub struct Verified {
 
 /// Checks signatures and registered claims as `[auth]` says.
 pub struct Verifier {
-    keys: Vec<(jsonwebtoken::Algorithm, DecodingKey)>,
+    keys: Vec<(jsonwebtoken::Algorithm, DecodingKey, Option<String>)>,
     require_exp: bool,
     validate_nbf: bool,
     issuer: Option<String>,
@@ -63,7 +63,7 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let algorithms: Vec<_> = self.keys.iter().map(|(alg, _)| alg).collect();
+        let algorithms: Vec<_> = self.keys.iter().map(|(alg, _, _)| alg).collect();
         f.debug_struct("Verifier")
             .field("algorithms", &algorithms)
             .finish_non_exhaustive()
@@ -108,7 +108,7 @@ impl Verifier {
                     DecodingKey::from_ed_pem,
                 )?,
             };
-            keys.push((alg.to_jwt(), key));
+            keys.push((alg.to_jwt(), key, auth.key_ids.get(alg).map(str::to_owned)));
         }
         Ok(Self {
             keys,
@@ -129,11 +129,16 @@ impl Verifier {
             return Err(AuthError::TokenTooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::MalformedToken)?;
-        let (alg, key) = self
+        let (alg, key, key_id) = self
             .keys
             .iter()
-            .find(|(alg, _)| *alg == header.alg)
+            .find(|(alg, _, _)| *alg == header.alg)
             .ok_or(AuthError::AlgorithmNotAllowed)?;
+        if let Some(key_id) = key_id
+            && header.kid.as_deref() != Some(key_id.as_str())
+        {
+            return Err(AuthError::UnknownKey);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg))
             .map_err(|error| map_jwt_error(&error))?;
         self.check_times(&data.claims)?;

@@ -24,6 +24,8 @@ pub enum AuthError {
     TokenTooLarge,
     #[error("token algorithm is not accepted")]
     AlgorithmNotAllowed,
+    #[error("token names a key the gateway does not have")]
+    UnknownKey,
     #[error("token signature is invalid")]
     BadSignature,
     #[error("token has expired")]
@@ -50,6 +52,7 @@ impl AuthError {
             Self::MalformedToken => "malformed_token",
             Self::TokenTooLarge => "token_too_large",
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnknownKey => "unknown_key",
             Self::BadSignature => "bad_signature",
             Self::TokenExpired => "token_expired",
             Self::TokenNotYetValid => "token_not_yet_valid",

@@ -194,6 +194,29 @@ async fn an_expiry_beyond_the_clock_is_no_expiry_not_a_crash() {
 }
 
 #[tokio::test]
+async fn a_configured_key_id_must_match_the_token_kid() {
+    let mut config = test_config();
+    config.auth.key_ids.hs256 = Some("k-2026".to_owned());
+    let server = TestServer::start(config).await;
+    let sign = |kid: Option<&str>| {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(
+            &header,
+            &json!({"exp": now() + 60, "subscribe": ["*"]}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    assert_eq!(subscribe_status(&server, &sign(Some("k-2026"))).await.0, StatusCode::OK);
+    for kid in [None, Some("k-1999"), Some("")] {
+        let (status, body) = subscribe_status(&server, &sign(kid)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{kid:?}");
+        assert_eq!(body["error"], "unknown_key");
+    }
+}
+
+#[tokio::test]
 async fn malformed_patterns_invalidate_the_token() {
     let server = TestServer::start_default().await;
     let token = mint_raw_claims(&serde_json::json!({"exp": now() + 60, "subscribe": ["a*b"]}));

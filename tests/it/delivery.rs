@@ -78,7 +78,13 @@ async fn an_overflowing_subscriber_is_disconnected_resumes_by_id_and_others_keep
             assert_eq!(fast.next_event().await.id.as_deref(), Some(id.as_str()));
             published.push(id);
         }
-        let probe = server.http.get(server.events_url(&["probe"])).bearer_auth(&token).send().await.unwrap();
+        let probe = server
+            .http
+            .get(server.events_url(&["probe"]))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         if probe.status() == reqwest::StatusCode::OK {
             break;
         }
