@@ -1,15 +1,13 @@
 //! The real binary: `token` mints verifiable tokens, `serve` generates a secret when
 //! none is configured, serves, and exits cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use reqwest::StatusCode;
 
+use crate::support::binary::{BIN, GatewayProcess};
 use crate::support::server::SECRET;
 use crate::support::{TestServer, within};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sse-gateway");
 
 #[tokio::test]
 async fn token_command_mints_a_token_the_gateway_accepts() {
@@ -54,48 +52,12 @@ fn token_command_refuses_without_a_key() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no HS256 secret"));
 }
 
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .current_dir(dir.path())
-        .env("SSE_GATEWAY_SERVER__ADDR", "127.0.0.1:0")
-        .env_remove("SSE_GATEWAY_AUTH__HS256_SECRET")
-        .env("RUST_LOG", "debug")
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut gateway = Gateway(child);
-    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut log = String::new();
-    let addr = within("listening line", async {
-        loop {
-            let line = lines_rx.recv().await.expect("gateway exited early");
-            log.push_str(&line);
-            log.push('\n');
-            if let Some(rest) = line.split("addr=").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-        }
-    })
-    .await;
+    let mut gateway = GatewayProcess::serve(dir.path(), &[]).await;
+    let addr = gateway.addr.clone();
+    let log = gateway.log.clone();
     assert!(log.contains("generated a random one"), "{log}");
     let secret_file = dir.path().join(".sse-gateway-secret");
     assert!(secret_file.exists());
@@ -137,7 +99,7 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     assert_eq!(by_query.status(), StatusCode::OK);
     drop(by_query);
 
-    let pid = gateway.0.id().to_string();
+    let pid = gateway.child.id().to_string();
     assert!(
         Command::new("sh")
             .args(["-c", &format!("kill -TERM {pid}")])
@@ -147,7 +109,7 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     );
     let status = within("exit after SIGTERM", async {
         loop {
-            if let Some(status) = gateway.0.try_wait().unwrap() {
+            if let Some(status) = gateway.child.try_wait().unwrap() {
                 return status;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -155,10 +117,7 @@ async fn serve_without_a_secret_generates_one_serves_and_stops_on_sigterm() {
     })
     .await;
     assert!(status.success(), "{status:?}");
-    while let Some(line) = lines_rx.recv().await {
-        log.push_str(&line);
-        log.push('\n');
-    }
-    assert!(log.contains("access_token=<redacted>"), "{log}");
-    assert!(!log.contains(&token), "tokens are never logged");
+    gateway.drain_log().await;
+    assert!(gateway.log.contains("access_token=<redacted>"), "{}", gateway.log);
+    assert!(!gateway.log.contains(&token), "tokens are never logged");
 }

@@ -13,6 +13,7 @@ mod conformance;
 mod delivery;
 mod demo;
 mod dockerfile;
+mod faults;
 mod hardening;
 mod interop;
 mod limits;

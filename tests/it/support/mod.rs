@@ -1,5 +1,6 @@
 //! Test support: a real gateway on port 0, token minting, an SSE reader.
 
+pub mod binary;
 pub mod browser;
 pub mod proxy;
 pub mod redis;
