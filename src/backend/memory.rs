@@ -208,12 +208,9 @@ impl Backend for MemoryBackend {
         resume: Option<Resume>,
     ) -> Result<Replay, BackendError> {
         let clock = self.lock_sequencer();
-        for (attached, stream) in streams.iter().enumerate() {
-            if self.registry.attach(stream, queue).is_err() {
-                self.registry.detach(&streams[..attached], queue);
-                return Err(BackendError::StreamLimit);
-            }
-        }
+        self.registry
+            .attach_all(streams, queue)
+            .map_err(|_| BackendError::StreamLimit)?;
         Ok(resume.map_or_else(Replay::default, |resume| {
             self.read_replay(streams, resume, clock.last())
         }))

@@ -106,6 +106,21 @@ impl StreamRegistry {
         Ok(())
     }
 
+    /// Adds `queue` to every one of `streams`, or to none of them.
+    ///
+    /// # Errors
+    /// [`RegistryError::StreamLimit`] when a new stream does not fit; the streams
+    /// attached so far are detached again.
+    pub fn attach_all(&self, streams: &[StreamName], queue: &SubscriberQueue) -> Result<(), RegistryError> {
+        for (attached, stream) in streams.iter().enumerate() {
+            if let Err(error) = self.attach(stream, queue) {
+                self.detach(&streams[..attached], queue);
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Removes `queue` from each of `streams` and reclaims streams left empty.
     pub fn detach(&self, streams: &[StreamName], queue: &SubscriberQueue) {
         for stream in streams {
@@ -193,6 +208,17 @@ mod tests {
         assert_eq!(registry.attach(&name("b"), &queue), Err(RegistryError::StreamLimit));
         let (other, _rx2) = registry.new_queue(CancellationToken::new());
         registry.attach(&name("a"), &other).unwrap();
+    }
+
+    #[test]
+    fn attaching_to_several_streams_is_all_or_nothing() {
+        let registry = StreamRegistry::new(1, 4);
+        let (queue, _rx) = registry.new_queue(CancellationToken::new());
+        assert_eq!(
+            registry.attach_all(&[name("a"), name("b")], &queue),
+            Err(RegistryError::StreamLimit)
+        );
+        assert!(registry.is_empty(), "the first stream was detached again");
     }
 
     #[test]

@@ -384,12 +384,9 @@ impl Backend for RedisBackend {
         resume: Option<Resume>,
     ) -> Result<Replay, BackendError> {
         let registry = &self.shared.registry;
-        for (attached, stream) in streams.iter().enumerate() {
-            if registry.attach(stream, queue).is_err() {
-                registry.detach(&streams[..attached], queue);
-                return Err(BackendError::StreamLimit);
-            }
-        }
+        registry
+            .attach_all(streams, queue)
+            .map_err(|_| BackendError::StreamLimit)?;
         let replay = async {
             self.ensure_channels(streams).await?;
             match resume {
