@@ -59,10 +59,6 @@ impl ConnectionLimiter {
             limiter: Arc::clone(self),
         })
     }
-
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
 }
 
 /// One held connection slot; released on drop.

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::publish::compact_json;
+use super::publish::{check_event_size, compact_json};
 use super::read_body;
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -46,13 +46,7 @@ async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body
     let raw: &RawValue = serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::InvalidRequest(format!("webhook body is not JSON: {error}")))?;
     let data = compact_json(raw.get());
-    if data.len() > limits.max_event_bytes {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "event data of {} bytes exceeds limits.max_event_bytes ({})",
-            data.len(),
-            limits.max_event_bytes
-        )));
-    }
+    check_event_size(&data, limits.max_event_bytes)?;
     let event = NewEvent {
         stream,
         event_type: hook.event_type(headers),

@@ -80,10 +80,6 @@ impl ReplayBuffer {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
-
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
 }
 
 #[cfg(test)]

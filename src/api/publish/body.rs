@@ -64,18 +64,22 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8], limits: &BodyLimits) 
             limits.max_batch_events
         )));
     }
-    if let Some(event) = parsed
-        .events
-        .iter()
-        .find(|event| event.data.len() > limits.max_event_bytes)
-    {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "event data of {} bytes exceeds limits.max_event_bytes ({})",
-            event.data.len(),
-            limits.max_event_bytes
-        )));
+    for event in &parsed.events {
+        check_event_size(&event.data, limits.max_event_bytes)?;
     }
     Ok(parsed)
+}
+
+/// `413` when `data` is larger than `limits.max_event_bytes`; shared by every way in
+/// (JSON, form, webhook).
+pub(crate) fn check_event_size(data: &str, max_event_bytes: usize) -> Result<(), ApiError> {
+    if data.len() > max_event_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "event data of {} bytes exceeds limits.max_event_bytes ({max_event_bytes})",
+            data.len()
+        )));
+    }
+    Ok(())
 }
 
 fn parse_json(body: &[u8]) -> Result<PublishBody, ApiError> {

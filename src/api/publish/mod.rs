@@ -19,8 +19,8 @@ use crate::auth::extract::TokenSources;
 use crate::error::ApiError;
 use crate::metrics as m;
 
-pub(crate) use body::compact_json;
 pub use body::{BodyLimits, PublishBody, parse_body};
+pub(crate) use body::{check_event_size, compact_json};
 
 /// Authenticates, reads and validates the whole body, checks the `publish` claim
 /// for every event, then hands the batch to the backend. Replies `{"id"}` or
