@@ -3,21 +3,25 @@
 # (subscribers on node B, publishes on node A, one redis-server) versus the in-memory
 # backend (one node), same machine, same generator, alternating runs; prints medians.
 #
-#   bash bench/two-node.sh [RUNS] [SUBSCRIBERS] [EVENTS] [RATE]
+#   bash bench/two-node.sh [RUNS] [SUBSCRIBERS] [DURATION] [RATE]
 #
 # Gateways run with one worker thread each, pinned to CPU 0 (with Redis); the
 # generator is pinned to CPU 1. Needs redis-server (apt-get install redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${1:-3} SUBSCRIBERS=${2:-500} EVENTS=${3:-2000} RATE=${4:-0}
+RUNS=${1:-3} SUBSCRIBERS=${2:-500} DURATION=${3:-10} RATE=${4:-0}
 
-cargo build --release --quiet --bin sse-gateway --example fanout
+cargo build --release --locked --quiet --bin sse-gateway -p sse-gateway
+cargo build --release --locked --quiet -p sse-loadgen
 GW=target/release/sse-gateway
-GEN=target/release/examples/fanout
+GEN=target/release/sse-loadgen
+LOAD=(run --streams 1 --subscribers-per-stream "$SUBSCRIBERS" --rate "$RATE" --duration "${DURATION}s")
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 200); do curl -sf "http://$1/readyz" >/dev/null && return 0; sleep 0.05; done; echo "not ready: $1" >&2; return 1; }
 
 export SSE_GATEWAY_AUTH__HS256_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+LOADGEN_TOKEN=$($GW token --sub bench --subscribe '*' --publish '*' --ttl 24h)
+export LOADGEN_TOKEN
 export SSE_GATEWAY_SERVER__WORKER_THREADS=1 SSE_GATEWAY_DEMO__PUBLISHER=false SSE_GATEWAY_LOG__LEVEL=warn
 export SSE_GATEWAY_LIMITS__SUBSCRIBER_QUEUE=65536 SSE_GATEWAY_STREAMS__BUFFER_SIZE=10000 SSE_GATEWAY_LIMITS__MAX_CONNECTIONS_PER_SUBJECT=0
 pids=()
@@ -28,7 +32,7 @@ run_memory() {
     local port; port=$(free_port)
     SSE_GATEWAY_SERVER__ADDR=127.0.0.1:$port taskset -c 0 $GW serve & local pid=$!; pids+=($pid)
     wait_ready 127.0.0.1:$port
-    taskset -c 1 $GEN --addr 127.0.0.1:$port --subscribers "$SUBSCRIBERS" --events "$EVENTS" --rate "$RATE" | grep '^RESULT'
+    taskset -c 1 $GEN --addr 127.0.0.1:$port "${LOAD[@]}" | grep '^RESULT'
     kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -41,8 +45,7 @@ run_redis() {
     SSE_GATEWAY_SERVER__ADDR=127.0.0.1:$bport taskset -c 0 $GW serve & local b=$!; pids+=($b)
     unset SSE_GATEWAY_BACKEND__KIND SSE_GATEWAY_BACKEND__REDIS__URL
     wait_ready 127.0.0.1:$aport; wait_ready 127.0.0.1:$bport
-    taskset -c 1 $GEN --addr 127.0.0.1:$bport --publish-addr 127.0.0.1:$aport \
-        --subscribers "$SUBSCRIBERS" --events "$EVENTS" --rate "$RATE" | grep '^RESULT'
+    taskset -c 1 $GEN --addr 127.0.0.1:$bport --publish-addr 127.0.0.1:$aport "${LOAD[@]}" | grep '^RESULT'
     kill $a $b $redis; wait $a $b $redis 2>/dev/null || true
 }
 
@@ -53,16 +56,16 @@ for run in $(seq "$RUNS"); do
     redis_results+=("$(run_redis)")
 done
 
-python3 - "$SUBSCRIBERS" "$EVENTS" "$RATE" "${memory_results[@]}" -- "${redis_results[@]}" <<'PY'
+python3 - "$SUBSCRIBERS" "$DURATION" "$RATE" "${memory_results[@]}" -- "${redis_results[@]}" <<'PY'
 import statistics, sys
-subs, events, rate = sys.argv[1:4]
+subs, duration, rate = sys.argv[1:4]
 rest = sys.argv[4:]
 split = rest.index("--")
 def parse(lines):
     rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in lines]
-    return {k: statistics.median(float(r[k]) for r in rows) for k in rows[0]}
+    return {k: statistics.median(float(r[k]) for r in rows) for k in rows[0] if k != "scenario"}
 memory, redis = parse(rest[:split]), parse(rest[split + 1:])
-print(f"two-node scenario: {subs} subscribers on one stream, {events} events of 100 B, rate {'max' if rate == '0' else rate + '/s'}; medians of {len(rest[:split])} runs")
+print(f"two-node scenario: {subs} subscribers on one stream, {duration} s of 100 B events, rate {'max' if rate == '0' else rate + '/s'}; medians of {len(rest[:split])} runs")
 print(f"{'':28}{'memory (1 node)':>18}{'redis (2 nodes)':>18}{'redis/memory':>14}")
 for key, label in [("deliveries_per_s", "deliveries/s"), ("p50_us", "latency p50 (µs)"), ("p99_us", "latency p99 (µs)"),
                    ("lost", "lost"), ("duplicated", "duplicated"), ("out_of_order", "out of order")]:

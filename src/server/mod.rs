@@ -2,6 +2,7 @@
 //! by the integration tests, so tests exercise exactly the production wiring.
 //! `http` holds the accept loop.
 
+mod event_conn;
 mod http;
 
 pub use http::HttpSettings;
@@ -10,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::app::{self, AppState};
 use crate::auth::keys::hs256_secret;
@@ -56,19 +57,34 @@ impl Listeners {
     /// # Errors
     /// [`ServerError::Bind`] naming the address.
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
-        let main = bind(config.server.addr).await?;
+        let main = bind(config.server.addr)?;
         let metrics = match config.metrics.addr {
-            Some(addr) if config.metrics.enabled => Some(bind(addr).await?),
+            Some(addr) if config.metrics.enabled => Some(bind(addr)?),
             _ => None,
         };
         Ok(Self { main, metrics })
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })
+/// Pending-connection queue of the listening sockets. Tokio's default (1024) makes a
+/// reconnect storm of thousands of clients overflow it, and every dropped SYN costs
+/// that client a one-second retransmit; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        // As `TcpListener::bind` does: rebinding right after a restart must not fail
+        // on the old process's TIME_WAIT connections.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| ServerError::Bind { addr, source })
 }
 
 /// Serves until `signal` resolves, then shuts down in the documented order and

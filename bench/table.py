@@ -1,0 +1,94 @@
+"""Median table of bench/compare-nchan.sh results.
+
+Input lines: `<scenario> <server> <run> RESULT key=value ...`.
+"""
+
+import statistics
+import sys
+from collections import defaultdict
+
+ROWS = [
+    ("idle", "kib_per_conn", "idle 10,000 subscribers: server RSS per connection (KiB)"),
+    ("idle", "connect_ms", "idle 10,000 subscribers: time to open all (ms)"),
+    ("fanout-100", "server_cpu_pct", "1 stream x 1,000 subs, 100 ev/s: server CPU (% of a core)"),
+    ("fanout-100", "p99_us", "1 stream x 1,000 subs, 100 ev/s: latency p99 (µs)"),
+    ("fanout-max", "deliveries_per_s", "1 stream x 1,000 subs, max: deliveries/s"),
+    ("fanout-max", "p50_us", "1 stream x 1,000 subs, max: latency p50 (µs)"),
+    ("fanout-max", "p99_us", "1 stream x 1,000 subs, max: latency p99 (µs)"),
+    ("fanout-max", "server_cpu_pct", "1 stream x 1,000 subs, max: server CPU (%)"),
+    ("fanout-max", "generator_cpu_pct", "1 stream x 1,000 subs, max: generator CPU (%)"),
+    ("streams-1000", "p99_us", "1,000 streams x 10 subs, 1,000 ev/s: latency p99 (µs)"),
+    ("streams-1000", "server_cpu_pct", "1,000 streams x 10 subs, 1,000 ev/s: server CPU (%)"),
+    ("streams-max", "events_per_s", "1,000 streams x 10 subs, max: publishes/s"),
+    ("streams-max", "p99_us", "1,000 streams x 10 subs, max: latency p99 (µs)"),
+    ("streams-max", "generator_cpu_pct", "1,000 streams x 10 subs, max: generator CPU (%)"),
+    ("batch", "events_per_s", "batch publish (100 events/request), 10 streams x 1 sub: events/s"),
+    ("batch", "deliveries_per_s", "batch publish: deliveries/s"),
+    ("storm", "storm_ms", "storm: 5,000 resume after 100 missed, all caught up (ms)"),
+    ("storm", "rss_growth_kib", "storm: server RSS growth, peak (KiB)"),
+]
+INTEGRITY = ["lost", "duplicated", "out_of_order", "gaps", "resumes", "failed"]
+
+
+def load(path):
+    values = defaultdict(list)
+    integrity = defaultdict(lambda: defaultdict(int))
+    runs = defaultdict(int)
+    for line in open(path):
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        scenario, server = parts[0], parts[1]
+        fields = dict(kv.split("=", 1) for kv in parts[4:] if "=" in kv)
+        runs[(scenario, server)] += 1
+        if "rss_peak_kib" in fields and "rss_before_kib" in fields:
+            fields["rss_growth_kib"] = str(float(fields["rss_peak_kib"]) - float(fields["rss_before_kib"]))
+        for key in INTEGRITY:
+            integrity[(scenario, server)][key] += int(float(fields.get(key, 0)))
+        if "failed" in fields:
+            continue
+        for key, value in fields.items():
+            try:
+                values[(scenario, server, key)].append(float(value))
+            except ValueError:
+                pass
+    return values, integrity, runs
+
+
+def fmt(value):
+    if value is None:
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
+def main():
+    values, integrity, runs = load(sys.argv[1])
+    median = lambda s, srv, k: statistics.median(values[(s, srv, k)]) if values.get((s, srv, k)) else None
+    print("| scenario: figure | sse-gateway | nchan | gateway / nchan |")
+    print("|---|---:|---:|---:|")
+    for scenario, key, label in ROWS:
+        gateway, nchan = median(scenario, "gateway", key), median(scenario, "nchan", key)
+        if gateway is None and nchan is None:
+            continue
+        ratio = f"{gateway / nchan:.2f}" if gateway is not None and nchan else "–"
+        print(f"| {label} | {fmt(gateway)} | {fmt(nchan)} | {ratio} |")
+    print()
+    print("Integrity, summed over all runs (lost / duplicated / out of order / gap notices / resumes / failed runs):")
+    print()
+    print("| scenario | runs | sse-gateway | runs | nchan |")
+    print("|---|---:|---|---:|---|")
+    for scenario in dict.fromkeys(s for s, _, _ in ROWS):
+        cells = []
+        for server in ("gateway", "nchan"):
+            if runs.get((scenario, server)):
+                tally = integrity[(scenario, server)]
+                cells += [str(runs[(scenario, server)]), " / ".join(str(tally[k]) for k in INTEGRITY)]
+            else:
+                cells += ["–", "–"]
+        if cells[0] != "–" or cells[2] != "–":
+            print(f"| {scenario} | " + " | ".join(cells) + " |")
+
+
+main()
