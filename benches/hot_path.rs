@@ -58,7 +58,7 @@ fn fan_out(c: &mut Criterion) {
                 registry.deliver(&stream, &frame);
                 // Drain so queues never fill (a full queue would detach the subscriber).
                 for receiver in &mut receivers {
-                    while receiver.try_recv().is_ok() {}
+                    while receiver.try_recv().is_some() {}
                 }
             });
         });

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +26,7 @@ use crate::event::{EventId, Frame};
 use crate::limits::SubjectSlot;
 use crate::metrics as m;
 use crate::sse;
-use crate::stream::{StreamName, StreamRegistry, SubscriberQueue};
+use crate::stream::{QueueReceiver, StreamName, StreamRegistry, SubscriberQueue};
 
 /// Largest single write assembled from pending frames.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -124,7 +123,7 @@ pub struct Subscription {
     backend: Arc<dyn Backend>,
     streams: Vec<StreamName>,
     queue: SubscriberQueue,
-    receiver: mpsc::Receiver<Arc<Frame>>,
+    receiver: QueueReceiver,
     opening: Option<Bytes>,
     replay: std::vec::IntoIter<Arc<Frame>>,
     replayed_through: EventId,
@@ -264,7 +263,7 @@ impl Subscription {
             if chunk.len() >= MAX_CHUNK_BYTES {
                 break;
             }
-            next = self.receiver.try_recv().ok();
+            next = self.receiver.try_recv();
         }
         if self.queue.overflowed().is_cancelled() {
             return None;

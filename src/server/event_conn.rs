@@ -40,7 +40,7 @@ const MAX_HEADERS: usize = 64;
 #[derive(Debug)]
 pub(super) enum FirstRequest {
     /// `GET /events…` over HTTP/1.1 without a body: served here.
-    EventStream(Request<Body>),
+    EventStream(Box<Request<Body>>),
     /// Anything else: the bytes read so far, to be replayed to hyper.
     Other(Bytes),
     /// The client went away, sent nothing in time, or the server is stopping.
@@ -91,9 +91,10 @@ fn classify(buf: &[u8]) -> Option<FirstRequest> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {
-            Some(build_request(&head).map_or_else(|| FirstRequest::Other(Bytes::new()), FirstRequest::EventStream))
-        }
+        Ok(httparse::Status::Complete(_)) => Some(build_request(&head).map_or_else(
+            || FirstRequest::Other(Bytes::new()),
+            |request| FirstRequest::EventStream(Box::new(request)),
+        )),
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => None,
         _ => other(),
     }
@@ -127,7 +128,13 @@ fn build_request(head: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
 }
 
 /// Routes the request and writes its response; the connection closes after it.
-pub(super) async fn serve(mut stream: TcpStream, mut request: Request<Body>, router: Router, closer: ConnectionCloser) {
+pub(super) async fn serve(
+    mut stream: TcpStream,
+    request: Box<Request<Body>>,
+    router: Router,
+    closer: ConnectionCloser,
+) {
+    let mut request = *request;
     let closed = closer.0.clone();
     request.extensions_mut().insert(closer);
     // Boxed: the router's future is large and needed only until the response exists;

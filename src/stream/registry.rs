@@ -11,10 +11,10 @@
 //! dequeues afterwards, so the client resumes from the last id it really received.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Frame;
@@ -29,10 +29,15 @@ pub enum RegistryError {
 }
 
 /// The sending half of one subscriber's bounded queue, shared by all its streams.
+///
+/// Bounded by hand: tokio's bounded channel takes a mutex in its semaphore for every
+/// message received, i.e. a lock per event per subscriber. An unbounded channel plus
+/// a shared length counter gives the same bound with two atomic operations.
 #[derive(Debug, Clone)]
 pub struct SubscriberQueue {
     id: u64,
-    sender: mpsc::Sender<Arc<Frame>>,
+    sender: mpsc::UnboundedSender<Arc<Frame>>,
+    queued: Arc<AtomicUsize>,
     overflowed: CancellationToken,
 }
 
@@ -42,19 +47,42 @@ impl SubscriberQueue {
         &self.overflowed
     }
 
-    /// Offers `frame`; `false` means the subscriber must be detached.
-    fn offer(&self, frame: &Arc<Frame>) -> bool {
-        match self.sender.try_send(Arc::clone(frame)) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                if !self.overflowed.is_cancelled() {
-                    self.overflowed.cancel();
-                    metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
-                }
-                false
+    /// Offers `frame` to a queue of `capacity`; `false` means the subscriber must be
+    /// detached.
+    fn offer(&self, frame: &Arc<Frame>, capacity: usize) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if !self.overflowed.is_cancelled() {
+                self.overflowed.cancel();
+                metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
             }
-            Err(TrySendError::Closed(_)) => false,
+            return false;
         }
+        // Fails only when the subscription is gone: detach it.
+        self.sender.send(Arc::clone(frame)).is_ok()
+    }
+}
+
+/// The receiving half of a subscriber's queue.
+#[derive(Debug)]
+pub struct QueueReceiver {
+    receiver: mpsc::UnboundedReceiver<Arc<Frame>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl QueueReceiver {
+    /// The next frame; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Frame>> {
+        let frame = self.receiver.recv().await?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(frame)
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Arc<Frame>> {
+        let frame = self.receiver.try_recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(frame)
     }
 }
 
@@ -81,14 +109,16 @@ impl StreamRegistry {
     /// `overflowed` is cancelled when a frame does not fit (the server passes the
     /// token that closes the client's connection, so a client that stopped reading
     /// is cut off at once, whether or not its response is being polled).
-    pub fn new_queue(&self, overflowed: CancellationToken) -> (SubscriberQueue, mpsc::Receiver<Arc<Frame>>) {
-        let (sender, receiver) = mpsc::channel(self.queue_capacity);
+    pub fn new_queue(&self, overflowed: CancellationToken) -> (SubscriberQueue, QueueReceiver) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let queue = SubscriberQueue {
             id: self.next_subscriber.fetch_add(1, Ordering::Relaxed),
             sender,
+            queued: Arc::clone(&queued),
             overflowed,
         };
-        (queue, receiver)
+        (queue, QueueReceiver { receiver, queued })
     }
 
     /// Adds `queue` to `stream`'s subscribers, creating the stream if needed.
@@ -140,7 +170,8 @@ impl StreamRegistry {
             return 0;
         };
         let before = subscribers.len();
-        subscribers.retain(|queue| queue.offer(frame));
+        let capacity = self.queue_capacity;
+        subscribers.retain(|queue| queue.offer(frame, capacity));
         record_removed(before - subscribers.len());
         subscribers.len()
     }

@@ -80,6 +80,7 @@ async fn session(shared: &Shared, index: usize, opened: &mut bool) -> anyhow::Re
 }
 
 /// One dispatched SSE event.
+#[derive(Clone, Copy)]
 struct Event<'a> {
     id: Option<&'a [u8]>,
     gap: bool,

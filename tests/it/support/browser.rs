@@ -2,6 +2,7 @@
 //! `scripts/test` installs Debian's `chromium` and `chromium-driver`.
 
 use std::net::TcpListener as StdListener;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: the browser it starts is ended with it.
+            .process_group(0)
             .spawn()
             .expect("chromedriver is installed (run the tests with scripts/test)");
         let profile = tempfile::tempdir().unwrap();
@@ -94,7 +97,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver ends its browser when it exits.
+        // Killing chromedriver alone would orphan the browser: end the whole group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
