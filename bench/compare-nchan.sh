@@ -18,7 +18,7 @@ SCENARIOS=("$@")
 # Generator flags per scenario: identical for both servers.
 declare -A ARGS=(
     [idle]="idle --subscribers 10000"
-    [fanout-100]="run --streams 1 --subscribers-per-stream 1000 --rate 100 --duration 10s"
+    [fanout-100]="run --streams 1 --subscribers-per-stream 1000 --publishers 2 --rate 100 --duration 10s"
     [fanout-max]="run --streams 1 --subscribers-per-stream 1000 --publishers 4 --rate 0 --duration 10s"
     [streams-1000]="run --streams 1000 --subscribers-per-stream 10 --publishers 4 --rate 1000 --duration 10s"
     [streams-max]="run --streams 1000 --subscribers-per-stream 10 --publishers 16 --rate 0 --duration 10s"

@@ -58,6 +58,11 @@ async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, bod
     let started = Instant::now();
     let count = events.len() as u64;
     let ids = state.backend.publish(events).await?;
+    // Let the subscriber tasks this publish woke write first, then acknowledge: the
+    // fan-out reaches the sockets in one burst ahead of the reply, and a publisher
+    // that sends as fast as acknowledgements come back is paced by delivery instead
+    // of filling every subscriber queue (measured: lower latency, no fewer events/s).
+    tokio::task::yield_now().await;
     metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
     metrics::counter!(m::EVENTS_PUBLISHED).increment(count);
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
