@@ -11,6 +11,8 @@ ROWS = [
     ("idle", "kib_per_conn", "idle 10,000 subscribers: server RSS per connection (KiB)"),
     ("idle", "connect_ms", "idle 10,000 subscribers: time to open all (ms)"),
     ("fanout-100", "server_cpu_pct", "1 stream x 1,000 subs, 100 ev/s: server CPU (% of a core)"),
+    ("fanout-100", "cpu_per_100k", "1 stream x 1,000 subs, 100 ev/s: server CPU per 100k deliveries/s (%)"),
+    ("fanout-100", "deliveries_per_s", "1 stream x 1,000 subs, 100 ev/s: deliveries/s achieved"),
     ("fanout-100", "p99_us", "1 stream x 1,000 subs, 100 ev/s: latency p99 (µs)"),
     ("fanout-max", "deliveries_per_s", "1 stream x 1,000 subs, max: deliveries/s"),
     ("fanout-max", "p50_us", "1 stream x 1,000 subs, max: latency p50 (µs)"),
@@ -43,6 +45,8 @@ def load(path):
         runs[(scenario, server)] += 1
         if "rss_peak_kib" in fields and "rss_before_kib" in fields:
             fields["rss_growth_kib"] = str(float(fields["rss_peak_kib"]) - float(fields["rss_before_kib"]))
+        if "server_cpu_pct" in fields and float(fields.get("deliveries_per_s", 0)) > 0:
+            fields["cpu_per_100k"] = str(float(fields["server_cpu_pct"]) * 1e5 / float(fields["deliveries_per_s"]))
         for key in INTEGRITY:
             integrity[(scenario, server)][key] += int(float(fields.get(key, 0)))
         if "failed" in fields:

@@ -70,29 +70,7 @@ enum Scenario {
         settle: Duration,
     },
     /// Subscribe, publish at a rate (or as fast as possible), check every event.
-    Run {
-        #[arg(long, default_value_t = 1)]
-        streams: usize,
-        #[arg(long, default_value_t = 1000)]
-        subscribers_per_stream: usize,
-        /// Concurrent publishers (keep-alive connections, one request in flight each).
-        #[arg(long, default_value_t = 1)]
-        publishers: usize,
-        /// Events per second over all publishers; 0 = as fast as possible.
-        #[arg(long, default_value_t = 0)]
-        rate: u64,
-        /// Events per publish request (a batch; gateway only).
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Event data size in bytes.
-        #[arg(long, default_value_t = 100)]
-        size: usize,
-        #[arg(long, default_value = "10s", value_parser = humantime_secs)]
-        duration: Duration,
-        /// After publishing, how long to wait for subscribers to catch up.
-        #[arg(long, default_value = "30s", value_parser = humantime_secs)]
-        drain: Duration,
-    },
+    Run(Load),
     /// Subscribers disconnect, events are published, all resume at once.
     Storm {
         #[arg(long, default_value_t = 5000)]
@@ -133,29 +111,10 @@ fn main() -> anyhow::Result<()> {
                 streams,
                 settle,
             } => idle(target, pid.as_deref(), subscribers, streams, settle).await,
-            Scenario::Run {
-                streams,
-                subscribers_per_stream,
-                publishers,
-                rate,
-                batch,
-                size,
-                duration,
-                drain,
-            } => {
-                if target.kind == Kind::Nchan && batch > 1 {
+            Scenario::Run(load) => {
+                if target.kind == Kind::Nchan && load.batch > 1 {
                     bail!("nchan has no batch publish: use --batch 1");
                 }
-                let load = Load {
-                    streams,
-                    subscribers_per_stream,
-                    publishers,
-                    rate,
-                    batch,
-                    size,
-                    duration,
-                    drain,
-                };
                 run(target, pid.as_deref(), &load).await
             }
             Scenario::Storm {
@@ -245,15 +204,29 @@ async fn idle(target: Target, pid: Option<&str>, total: usize, streams: usize, s
     Ok(())
 }
 
-#[derive(Debug)]
+/// The `run` scenario's load.
+#[derive(Debug, Args)]
 struct Load {
+    #[arg(long, default_value_t = 1)]
     streams: usize,
+    #[arg(long, default_value_t = 1000)]
     subscribers_per_stream: usize,
+    /// Concurrent publishers (keep-alive connections, one request in flight each).
+    #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// Events per second over all publishers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Events per publish request (a batch; gateway only).
+    #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Event data size in bytes.
+    #[arg(long, default_value_t = 100)]
     size: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime_secs)]
     duration: Duration,
+    /// After publishing, how long to wait for subscribers to catch up.
+    #[arg(long, default_value = "30s", value_parser = humantime_secs)]
     drain: Duration,
 }
 
@@ -290,6 +263,7 @@ async fn run(target: Target, pid: Option<&str>, load: &Load) -> anyhow::Result<(
             batch: load.batch.max(1),
             size: load.size,
             interval,
+            phase: interval.map_or(Duration::ZERO, |interval| interval * publisher as u32 / publishers as u32),
             until,
             max_events: None,
         };
@@ -417,6 +391,7 @@ async fn publish_exactly(shared: &Rc<Shared>, events: u64, size: usize) -> anyho
         batch: 1,
         size,
         interval: None,
+        phase: Duration::ZERO,
         until: Instant::now() + Duration::from_secs(120),
         max_events: Some(events),
     };

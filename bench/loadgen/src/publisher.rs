@@ -24,6 +24,9 @@ pub(crate) struct Plan {
     pub(crate) size: usize,
     /// Time between requests; `None` = as fast as the server answers.
     pub(crate) interval: Option<Duration>,
+    /// Offset of this publisher's schedule, so that publishers sharing a rate send
+    /// evenly spaced requests rather than simultaneous bursts.
+    pub(crate) phase: Duration,
     pub(crate) until: Instant,
     /// Stop after this many events.
     pub(crate) max_events: Option<u64>,
@@ -44,7 +47,7 @@ pub(crate) async fn run(shared: Rc<Shared>, plan: Plan) -> anyhow::Result<u64> {
             return Ok(acknowledged);
         }
         if let Some(interval) = plan.interval {
-            let due = started + interval * requests;
+            let due = started + plan.phase + interval * requests;
             if due > now {
                 tokio::time::sleep_until(due.into()).await;
             }
