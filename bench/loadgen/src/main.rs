@@ -263,7 +263,9 @@ async fn run(target: Target, pid: Option<&str>, load: &Load) -> anyhow::Result<(
             batch: load.batch.max(1),
             size: load.size,
             interval,
-            phase: interval.map_or(Duration::ZERO, |interval| interval * publisher as u32 / publishers as u32),
+            phase: interval.map_or(Duration::ZERO, |interval| {
+                interval * publisher as u32 / publishers as u32
+            }),
             until,
             max_events: None,
         };
