@@ -6,6 +6,13 @@ use sse_gateway::cli::{self, Cli, Command};
 use sse_gateway::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// Tasks a worker runs before it polls for new I/O (tokio's default: 61). One publish
+/// wakes every subscriber of its stream; finishing those writes before reading more
+/// publishes keeps subscriber queues short. Measured with `bench/compare-nchan.sh`
+/// (1 stream × 1,000 subscribers, publishers as fast as acknowledged): p99 latency
+/// 115 → 42 ms for 820k → 690k deliveries/s; at 100 events/s no change.
+const EVENT_INTERVAL: u32 = 256;
+
 /// jemalloc: lower fragmentation with many small per-connection allocations, and it
 /// returns freed memory to the OS, so a node's RSS falls back after clients leave.
 #[global_allocator]
@@ -25,6 +32,7 @@ fn main() -> anyhow::Result<()> {
             if config.server.worker_threads > 0 {
                 runtime.worker_threads(config.server.worker_threads);
             }
+            runtime.event_interval(EVENT_INTERVAL);
             let runtime = runtime.enable_all().build().context("starting the tokio runtime")?;
             runtime.block_on(cli::serve(config))
         }
