@@ -36,13 +36,7 @@ fn claims() -> Claims {
 }
 
 async fn subscribe_status(server: &TestServer, token: &str) -> (StatusCode, Value) {
-    let response = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let response = server.get_events(&["a"], token).await;
     let status = response.status();
     if status == StatusCode::OK {
         return (status, Value::Null);

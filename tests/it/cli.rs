@@ -21,21 +21,9 @@ async fn token_command_mints_a_token_the_gateway_accepts() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let allowed = server
-        .http
-        .get(server.events_url(&["news.eu"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let allowed = server.get_events(&["news.eu"], &token).await;
     assert_eq!(allowed.status(), StatusCode::OK);
-    let denied = server
-        .http
-        .get(server.events_url(&["sports"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let denied = server.get_events(&["sports"], &token).await;
     assert_eq!(denied.status(), StatusCode::FORBIDDEN);
 }
 

@@ -78,13 +78,7 @@ async fn an_overflowing_subscriber_is_disconnected_resumes_by_id_and_others_keep
             assert_eq!(fast.next_event().await.id.as_deref(), Some(id.as_str()));
             published.push(id);
         }
-        let probe = server
-            .http
-            .get(server.events_url(&["probe"]))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let probe = server.get_events(&["probe"], &token).await;
         if probe.status() == reqwest::StatusCode::OK {
             break;
         }
@@ -152,13 +146,7 @@ async fn a_client_that_never_reads_is_cut_off_and_frees_its_slot() {
             assert_eq!(reader.next_event().await.id, Some(id));
             published += 1;
         }
-        let probe = server
-            .http
-            .get(server.events_url(&["s"]))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let probe = server.get_events(&["s"], &token).await;
         if probe.status() == reqwest::StatusCode::OK {
             break;
         }

@@ -25,21 +25,9 @@ async fn the_demo_page_is_served_with_a_subscribe_only_demo_token() {
         .nth(1)
         .and_then(|rest| rest.split('"').next())
         .expect("the page carries a token");
-    let demo = server
-        .http
-        .get(server.events_url(&["demo.ci"]))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let demo = server.get_events(&["demo.ci"], token).await;
     assert_eq!(demo.status(), StatusCode::OK);
-    let other = server
-        .http
-        .get(server.events_url(&["orders"]))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
+    let other = server.get_events(&["orders"], token).await;
     assert_eq!(other.status(), StatusCode::FORBIDDEN);
     let publish = server
         .http

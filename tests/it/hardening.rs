@@ -22,13 +22,7 @@ async fn one_subject_cannot_hold_more_than_its_share_of_connections() {
         held.push(server.subscribe(&["a"], None).await);
     }
     let token = server.token(&["*"], &[]);
-    let refused = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let refused = server.get_events(&["a"], &token).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key("retry-after"));
     assert_eq!(
@@ -40,13 +34,7 @@ async fn one_subject_cannot_hold_more_than_its_share_of_connections() {
         claims.sub = Some("someone-else".to_owned());
         claims.subscribe = crate::support::server::patterns(&["*"]);
     });
-    let allowed = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
+    let allowed = server.get_events(&["a"], &other).await;
     assert_eq!(allowed.status(), StatusCode::OK);
 }
 
@@ -81,13 +69,7 @@ async fn the_node_limits_how_fast_it_accepts_new_streams() {
     let _first = server.subscribe(&["a"], None).await;
     let _second = server.subscribe(&["a"], None).await;
     let token = server.token(&["*"], &[]);
-    let refused = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let refused = server.get_events(&["a"], &token).await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers().contains_key("retry-after"));
 }
@@ -172,13 +154,7 @@ async fn oversized_and_malformed_requests_get_client_errors() {
         .unwrap();
     assert!(response.status().is_client_error(), "{}", response.status());
     // A huge token.
-    let response = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth("e".repeat(64 * 1024))
-        .send()
-        .await
-        .unwrap();
+    let response = server.get_events(&["a"], "e".repeat(64 * 1024)).await;
     assert!(response.status().is_client_error());
     // Invalid UTF-8 in a form.
     let response = server

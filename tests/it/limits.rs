@@ -14,13 +14,7 @@ async fn subscribing_beyond_the_stream_limit_is_refused_until_streams_are_reclai
     let server = TestServer::start(config).await;
     let token = server.token(&["*"], &[]);
     let held = server.subscribe(&["a", "b"], None).await;
-    let refused = server
-        .http
-        .get(server.events_url(&["c"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let refused = server.get_events(&["c"], &token).await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "stream_limit");
@@ -29,13 +23,7 @@ async fn subscribing_beyond_the_stream_limit_is_refused_until_streams_are_reclai
     // notices the client left.
     within("reclaim", async {
         loop {
-            let response = server
-                .http
-                .get(server.events_url(&["c"]))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap();
+            let response = server.get_events(&["c"], &token).await;
             if response.status() == StatusCode::OK {
                 break;
             }

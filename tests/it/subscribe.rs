@@ -175,13 +175,7 @@ async fn the_stream_ends_when_its_token_expires() {
         claims.exp = Some(crate::support::server::now() + 2);
         claims.subscribe = crate::support::server::patterns(&["*"]);
     });
-    let response = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = server.get_events(&["a"], &token).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = SseStream::new(response);
     within("expiry to end the stream", stream.until_end()).await;
@@ -197,13 +191,7 @@ async fn streams_outlive_their_token_when_close_on_expiry_is_off() {
         claims.exp = Some(crate::support::server::now() + 1);
         claims.subscribe = crate::support::server::patterns(&["*"]);
     });
-    let response = server
-        .http
-        .get(server.events_url(&["a"]))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = server.get_events(&["a"], &token).await;
     let mut stream = SseStream::new(response);
     // Wait past the expiry (bounded by the clock, not by a sleep racing the server).
     let deadline = crate::support::server::now() + 3;

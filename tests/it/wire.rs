@@ -49,13 +49,7 @@ async fn json_data_is_sent_compact_with_key_order_and_numbers_preserved() {
 #[tokio::test]
 async fn each_event_carries_its_id_and_type_on_the_wire() {
     let server = TestServer::start_default().await;
-    let response = server
-        .http
-        .get(server.events_url(&["raw"]))
-        .bearer_auth(server.token(&["*"], &[]))
-        .send()
-        .await
-        .unwrap();
+    let response = server.get_events(&["raw"], server.token(&["*"], &[])).await;
     let id = server.publish("raw", Some("tick"), json!("a\nb")).await;
     let mut body = response.bytes_stream();
     let mut text = String::new();

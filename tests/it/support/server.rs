@@ -123,6 +123,16 @@ impl TestServer {
         SseStream::new(response)
     }
 
+    /// `GET /events` for `streams` with `token` as bearer token, whatever the answer.
+    pub async fn get_events(&self, streams: &[&str], token: impl std::fmt::Display) -> reqwest::Response {
+        self.http
+            .get(self.events_url(streams))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("subscribe request")
+    }
+
     pub fn events_url(&self, streams: &[&str]) -> String {
         let query: Vec<String> = streams.iter().map(|s| format!("stream={s}")).collect();
         self.url(&format!("/events?{}", query.join("&")))
