@@ -208,9 +208,7 @@ impl Backend for MemoryBackend {
         resume: Option<Resume>,
     ) -> Result<Replay, BackendError> {
         let clock = self.lock_sequencer();
-        self.registry
-            .attach_all(streams, queue)
-            .map_err(|_| BackendError::StreamLimit)?;
+        self.registry.attach_all(streams, queue)?;
         Ok(resume.map_or_else(Replay::default, |resume| {
             self.read_replay(streams, resume, clock.last())
         }))

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::event::{EventId, Frame, NewEvent};
-use crate::stream::{StreamName, SubscriberQueue};
+use crate::stream::{RegistryError, StreamName, SubscriberQueue};
 
 pub use memory::MemoryBackend;
 pub use redis::RedisBackend;
@@ -30,6 +30,14 @@ pub enum BackendError {
     /// The backend cannot be reached or refused the operation.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+}
+
+impl From<RegistryError> for BackendError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::StreamLimit => Self::StreamLimit,
+        }
+    }
 }
 
 /// Where a subscriber wants to resume from.

@@ -384,9 +384,7 @@ impl Backend for RedisBackend {
         resume: Option<Resume>,
     ) -> Result<Replay, BackendError> {
         let registry = &self.shared.registry;
-        registry
-            .attach_all(streams, queue)
-            .map_err(|_| BackendError::StreamLimit)?;
+        registry.attach_all(streams, queue)?;
         let replay = async {
             self.ensure_channels(streams).await?;
             match resume {
