@@ -47,6 +47,12 @@ pub(super) enum FirstRequest {
     Gone,
 }
 
+/// What the bytes read so far say.
+enum Classified {
+    EventStream(Box<Request<Body>>),
+    Other,
+}
+
 /// Reads until the first request is classified, within `timeout`.
 pub(super) async fn read_first_request(
     stream: &mut TcpStream,
@@ -57,28 +63,28 @@ pub(super) async fn read_first_request(
     let read = async {
         loop {
             match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => return FirstRequest::Gone,
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
             if let Some(classified) = classify(&buf) {
-                return classified;
+                return Some(classified);
             }
         }
     };
     tokio::select! {
         () = stop.cancelled() => FirstRequest::Gone,
         classified = tokio::time::timeout(timeout, read) => match classified {
-            Ok(FirstRequest::Other(_)) => FirstRequest::Other(buf.freeze()),
-            Ok(classified) => classified,
-            // Like hyper's header timer: a client this slow is dropped.
-            Err(_) => FirstRequest::Gone,
+            Ok(Some(Classified::EventStream(request))) => FirstRequest::EventStream(request),
+            Ok(Some(Classified::Other)) => FirstRequest::Other(buf.freeze()),
+            // Closed, or (like hyper's header timer) too slow: the client is dropped.
+            Ok(None) | Err(_) => FirstRequest::Gone,
         },
     }
 }
 
 /// `None` while more bytes are needed.
-fn classify(buf: &[u8]) -> Option<FirstRequest> {
-    let other = || Some(FirstRequest::Other(Bytes::new()));
+fn classify(buf: &[u8]) -> Option<Classified> {
+    let other = || Some(Classified::Other);
     let seen = buf.len().min(EVENTS_PREFIX.len());
     if buf[..seen] != EVENTS_PREFIX[..seen] {
         return other();
@@ -91,10 +97,9 @@ fn classify(buf: &[u8]) -> Option<FirstRequest> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => Some(build_request(&head).map_or_else(
-            || FirstRequest::Other(Bytes::new()),
-            |request| FirstRequest::EventStream(Box::new(request)),
-        )),
+        Ok(httparse::Status::Complete(_)) => {
+            Some(build_request(&head).map_or(Classified::Other, |request| Classified::EventStream(Box::new(request))))
+        }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => None,
         _ => other(),
     }
@@ -313,9 +318,8 @@ mod tests {
     fn kind(head: &[u8]) -> &'static str {
         match classify(head) {
             None => "more",
-            Some(FirstRequest::EventStream(_)) => "event stream",
-            Some(FirstRequest::Other(_)) => "hyper",
-            Some(FirstRequest::Gone) => "gone",
+            Some(Classified::EventStream(_)) => "event stream",
+            Some(Classified::Other) => "hyper",
         }
     }
 
