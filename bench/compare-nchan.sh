@@ -73,10 +73,10 @@ stop_server() {
 }
 
 measure() { # server scenario run
-    local server=$1 scenario=$2 run=$3 kind=$1 line
+    local server=$1 scenario=$2 run=$3 line
     "start_$server"
     # shellcheck disable=SC2086 # ARGS holds several flags
-    if line=$(taskset -c 1 "$LOADGEN" --target "$kind" --addr "$ADDR" --pid "$SERVER_PID" ${ARGS[$scenario]} \
+    if line=$(taskset -c 1 "$LOADGEN" --target "$server" --addr "$ADDR" --pid "$SERVER_PID" ${ARGS[$scenario]} \
         | tee -a "$WORK/log" | grep '^RESULT'); then
         echo "$scenario $server $run $line" >>"$RESULTS"
     else
