@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::api::{demo, health, publish, subscribe, webhook};
+use crate::api::{self, demo, health, publish, subscribe, webhook};
 use crate::auth::Verifier;
 use crate::auth::extract::redacted_query;
 use crate::auth::mint::SigningKey;
@@ -17,17 +17,12 @@ use crate::auth::webhook::Webhooks;
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error;
-use crate::limits::Limiter;
+use crate::idempotency::IdempotencyCache;
+use crate::limits::{BodyBudget, Limiter};
 use crate::metrics;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
 use crate::subscription::{ConnectionLimiter, StreamTiming};
-
-/// Cancel to close the client's TCP connection at once. The accept loop puts one
-/// in every request's extensions; a subscription that overflows its queue uses it,
-/// because a client that stopped reading would never see the stream end otherwise.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionCloser(pub tokio_util::sync::CancellationToken);
 
 /// Everything a handler needs; clones share the same node.
 #[derive(Debug, Clone)]
@@ -41,6 +36,12 @@ pub struct AppState {
     pub shutdown: Shutdown,
     pub metrics: PrometheusHandle,
     pub webhooks: Arc<Webhooks>,
+    /// Verified webhook deliveries, so a replay publishes nothing again.
+    pub webhook_deliveries: Arc<IdempotencyCache>,
+    /// Bytes of publish bodies (and verified-before-read webhooks) being received.
+    pub publish_bodies: Arc<BodyBudget>,
+    /// Bytes of webhook bodies received before their signature can be checked.
+    pub unverified_bodies: Arc<BodyBudget>,
     /// Signs the demo page's subscribe-only token (HS256 only).
     pub demo_signer: Option<Arc<SigningKey>>,
 }
@@ -76,6 +77,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config);
     let router = router
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn(api::require_one_host))
         .layer(axum::middleware::from_fn(metrics::track_http))
         // A bug must cost one request a 500, never the connection or the process.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())

@@ -77,9 +77,11 @@ fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
 /// When keys cannot be prepared, an address cannot be bound or the server fails.
 pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     prepare_hs256_secret(&mut config)?;
+    let open_file_limit = server::raise_open_file_limit();
     let listeners = Listeners::bind(&config).await?;
     tracing::info!(
         addr = %listeners.main.local_addr()?,
+        open_file_limit,
         metrics_addr = ?listeners.metrics.as_ref().map(tokio::net::TcpListener::local_addr),
         backend = ?config.backend.kind,
         "sse-gateway listening"

@@ -72,6 +72,14 @@ pub struct ServerConfig {
     /// stream (shutdown, token expiry), so clients do not all come back at once.
     #[serde(with = "duration")]
     pub retry_jitter: Duration,
+    /// Connections with no request in flight for this long are closed (HTTP/2 and
+    /// keep-alive connections; idle HTTP/1.1 connections also meet `header_read_timeout`).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Connections that are not event streams (reading their first request, HTTP/2,
+    /// keep-alive for other requests) held at once; when full, the oldest idle one is
+    /// closed to make room. Capped at half the open-file limit.
+    pub max_other_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +93,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             retry_jitter: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_other_connections: 4096,
         }
     }
 }
@@ -238,6 +248,13 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// Open event streams per token subject (`sub`, else the token itself); 0 = no limit.
     pub max_connections_per_subject: usize,
+    /// Distinct streams the open event streams of one subject may hold; 0 = no limit.
+    pub max_streams_per_subject: usize,
+    /// Bytes of publish request bodies being received at once, across all requests.
+    pub max_body_bytes_in_flight: usize,
+    /// Bytes of webhook bodies being received before their signature is checked, at
+    /// once, across all requests.
+    pub max_unverified_body_bytes_in_flight: usize,
     /// Events per second one subject may publish; 0 = no limit.
     pub publish_rate_per_subject: u32,
     /// Events a subject may publish in a burst above the rate; 0 = the rate.
@@ -259,6 +276,9 @@ impl Default for LimitsConfig {
             max_batch_events: 1000,
             subscriber_queue: 1024,
             max_connections_per_subject: 1000,
+            max_streams_per_subject: 1000,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+            max_unverified_body_bytes_in_flight: 8 * 1024 * 1024,
             publish_rate_per_subject: 0,
             publish_burst: 0,
             subscribe_rate: 0,
@@ -357,6 +377,9 @@ pub enum WebhookProvider {
     Gitlab,
     /// An HMAC-SHA256 of the body in `X-Hub-Signature-256`.
     Github,
+    /// Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`):
+    /// an HMAC-SHA256 of id, timestamp and body, so replays are bounded by `max_age`.
+    Standard,
 }
 
 /// One `[[webhooks.hooks]]` entry: `POST /webhooks/{stream}` publishes the JSON body.
@@ -369,13 +392,34 @@ pub struct WebhookConfig {
     pub secret_file: Option<PathBuf>,
     /// Fixed event type; default: the provider's event header.
     pub event: Option<String>,
+    /// For providers that sign a timestamp (`standard`): deliveries older than this,
+    /// or this far in the future, are refused.
+    #[serde(default = "default_webhook_max_age", with = "duration")]
+    pub max_age: Duration,
+}
+
+fn default_webhook_max_age() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[webhooks]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhooksConfig {
+    /// How long a delivery is remembered: the same delivery again within it answers
+    /// the original reply and publishes nothing.
+    #[serde(with = "duration")]
+    pub replay_window: Duration,
     pub hooks: Vec<WebhookConfig>,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            replay_window: Duration::from_secs(24 * 3600),
+            hooks: Vec::new(),
+        }
+    }
 }
 
 /// `[demo]`: the live demo page and its sample publisher.
@@ -389,6 +433,8 @@ pub struct DemoConfig {
     /// Interval between sample events.
     #[serde(with = "duration")]
     pub publish_interval: Duration,
+    /// Open event streams allowed to the demo page's token (every visitor shares it).
+    pub max_connections: usize,
 }
 
 impl Default for DemoConfig {
@@ -397,6 +443,7 @@ impl Default for DemoConfig {
             enabled: true,
             publisher: true,
             publish_interval: Duration::from_secs(1),
+            max_connections: 100,
         }
     }
 }
@@ -529,6 +576,9 @@ impl Config {
         if self.server.header_read_timeout.is_zero() {
             return invalid("server.header_read_timeout", "must be greater than 0s");
         }
+        if self.server.idle_timeout.is_zero() {
+            return invalid("server.idle_timeout", "must be greater than 0s");
+        }
         if self.server.heartbeat_interval.is_zero() {
             return invalid("server.heartbeat_interval", "must be greater than 0s");
         }
@@ -561,6 +611,13 @@ impl Config {
             ("limits.max_body_bytes", self.limits.max_body_bytes),
             ("limits.max_batch_events", self.limits.max_batch_events),
             ("limits.subscriber_queue", self.limits.subscriber_queue),
+            ("limits.max_body_bytes_in_flight", self.limits.max_body_bytes_in_flight),
+            (
+                "limits.max_unverified_body_bytes_in_flight",
+                self.limits.max_unverified_body_bytes_in_flight,
+            ),
+            ("server.max_other_connections", self.server.max_other_connections),
+            ("demo.max_connections", self.demo.max_connections),
         ] {
             if value == 0 {
                 return invalid(key, "must be at least 1");
@@ -586,6 +643,12 @@ impl Config {
         }
         if self.auth.cookie_name.is_empty() {
             return invalid("auth.cookie_name", "must not be empty");
+        }
+        if self.limits.max_body_bytes_in_flight < self.limits.max_body_bytes {
+            return invalid(
+                "limits.max_body_bytes_in_flight",
+                "must be at least limits.max_body_bytes (one whole body)",
+            );
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") && self.cors.allow_credentials {
             return invalid("cors.allowed_origins", "`*` cannot be combined with allow_credentials");

@@ -38,12 +38,16 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("request body not received in time")]
     RequestTimeout,
-    #[error("connection limit reached, try another node or later")]
+    #[error("this node serves as many event streams as limits.max_connections allows; try another node or later")]
     ConnectionLimit,
     #[error("server is shutting down")]
     Draining,
-    #[error("cannot store the events now")]
+    #[error("{}", backend_message(.0))]
     Backend(#[from] BackendError),
+    #[error("a request with this idempotency key is still being processed; retry shortly")]
+    InProgress,
+    #[error("this idempotency key was used with a different request")]
+    KeyReused,
     #[error(transparent)]
     Limited(#[from] LimitError),
     #[error("not found")]
@@ -66,7 +70,12 @@ impl ApiError {
             Self::Draining => "draining",
             Self::Backend(BackendError::StreamLimit) => "stream_limit",
             Self::Backend(BackendError::Unavailable(_)) => "backend_unavailable",
-            Self::Limited(LimitError::SubjectConnections) => "subject_connection_limit",
+            Self::Backend(BackendError::Timeout(_)) => "backend_timeout",
+            Self::InProgress => "request_in_progress",
+            Self::KeyReused => "idempotency_key_reused",
+            Self::Limited(LimitError::SubjectConnections { .. }) => "subject_connection_limit",
+            Self::Limited(LimitError::SubjectStreams { .. }) => "subject_stream_limit",
+            Self::Limited(LimitError::BodiesInFlight { .. }) => "bodies_in_flight_limit",
             Self::Limited(LimitError::PublishRate { .. }) => "publish_rate_limit",
             Self::Limited(LimitError::SubscribeRate { .. }) => "subscribe_rate_limit",
             Self::NotFound => "not_found",
@@ -84,13 +93,20 @@ impl ApiError {
             | Self::InvalidEventType(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Limited(LimitError::SubjectConnections | LimitError::PublishRate { .. }) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Limited(
+                LimitError::SubjectConnections { .. }
+                | LimitError::SubjectStreams { .. }
+                | LimitError::PublishRate { .. },
+            ) => StatusCode::TOO_MANY_REQUESTS,
+            Self::InProgress => StatusCode::CONFLICT,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Backend(BackendError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             Self::ConnectionLimit
             | Self::Draining
             | Self::Backend(_)
-            | Self::Limited(LimitError::SubscribeRate { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Limited(LimitError::SubscribeRate { .. } | LimitError::BodiesInFlight { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -104,8 +120,10 @@ impl IntoResponse for ApiError {
             // Backend detail stays in the log; the client gets the generic text.
             Self::Backend(error) => {
                 metrics::counter!(m::BACKEND_ERRORS, "reason" => reason).increment(1);
-                if let BackendError::Unavailable(detail) = error {
-                    tracing::error!(%detail, "backend unavailable");
+                match error {
+                    BackendError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
+                    BackendError::Timeout(detail) => tracing::error!(%detail, "backend did not answer in time"),
+                    BackendError::StreamLimit => tracing::warn!("limits.max_streams reached"),
                 }
                 self.to_string()
             }
@@ -133,6 +151,21 @@ impl IntoResponse for ApiError {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+/// What a client is told about a backend failure: which limit, or whether the
+/// events were stored, never the internal detail.
+fn backend_message(error: &BackendError) -> &'static str {
+    match error {
+        BackendError::StreamLimit => {
+            "this node holds as many streams as limits.max_streams allows; no new stream fits until some are reclaimed"
+        }
+        BackendError::Unavailable(_) => "the backend cannot take the events now; nothing was stored",
+        BackendError::Timeout(_) => {
+            "the backend did not answer in time; the events may or may not be stored: retry with the same \
+             Idempotency-Key to publish them exactly once"
+        }
     }
 }
 

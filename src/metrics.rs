@@ -40,8 +40,20 @@ pub const WEBHOOKS: &str = "sse_webhooks_total";
 pub const BACKEND_ERRORS: &str = "sse_backend_errors_total";
 pub const BACKEND_RECONNECTS: &str = "sse_backend_reconnects_total";
 pub const NOTIFICATION_LAG: &str = "sse_backend_notification_lag_seconds";
+pub const TCP_CONNECTIONS_CLOSED: &str = "sse_tcp_connections_closed_total";
+pub const TCP_CONNECTIONS_OTHER: &str = "sse_tcp_connections_other";
+pub const ACCEPT_ERRORS: &str = "sse_accept_errors_total";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
+
+/// Every `reason` label of [`TCP_CONNECTIONS_CLOSED`].
+pub const TCP_CLOSE_REASONS: &[&str] = &[
+    "first_request_timeout",
+    "idle",
+    "evicted",
+    "pool_full",
+    "unexpected_input",
+];
 
 /// Every `reason` label of [`DISCONNECTS`].
 pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "shutdown"];
@@ -52,6 +64,20 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The `process_*` series (CPU, memory, open and maximum file descriptors, start
+/// time), read from /proc at every scrape by `metrics-process`.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+fn collect_process_metrics() {
+    PROCESS
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+}
 
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 ///
@@ -68,6 +94,7 @@ pub fn install_recorder() -> PrometheusHandle {
                 .expect("no other metrics recorder is installed in this process");
             describe_all();
             register_at_zero();
+            collect_process_metrics();
             handle
         })
         .clone()
@@ -117,6 +144,22 @@ fn describe_all() {
         Unit::Seconds,
         "Delay from an event's id timestamp (Redis clock) to its arrival on this node."
     );
+    describe_counter!(
+        TCP_CONNECTIONS_CLOSED,
+        "Connections the gateway closed outside a request, by reason: first_request_timeout \
+         (no complete first request or HTTP/2 preface in time), idle (server.idle_timeout), evicted \
+         (the oldest idle one when the pool of non-event-stream connections was full), pool_full \
+         (refused: every pooled connection busy), unexpected_input (bytes after an event-stream request)."
+    );
+    describe_gauge!(
+        TCP_CONNECTIONS_OTHER,
+        "Connections that are not event streams: reading their first request, HTTP/2, or keep-alive \
+         for other requests (bounded by server.max_other_connections)."
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts (e.g. out of file descriptors), each followed by a pause."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -138,7 +181,7 @@ fn register_at_zero() {
     ] {
         metrics::counter!(name).increment(0);
     }
-    for reason in ["stream_limit", "backend_unavailable"] {
+    for reason in ["stream_limit", "backend_unavailable", "backend_timeout"] {
         metrics::counter!(BACKEND_ERRORS, "reason" => reason).increment(0);
     }
     metrics::counter!(WEBHOOKS, "outcome" => "published").increment(0);
@@ -147,8 +190,13 @@ fn register_at_zero() {
     for reason in DISCONNECT_REASONS {
         metrics::counter!(DISCONNECTS, "reason" => *reason).increment(0);
     }
+    for reason in TCP_CLOSE_REASONS {
+        metrics::counter!(TCP_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
+    }
+    metrics::counter!(ACCEPT_ERRORS).increment(0);
     for name in [
         CONNECTIONS_OPEN,
+        TCP_CONNECTIONS_OTHER,
         SUBSCRIPTIONS_OPEN,
         STREAMS_SUBSCRIBED,
         STREAMS_BUFFERED,
@@ -173,6 +221,7 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// `GET /metrics`: Prometheus text format.
 pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     run_upkeep(&state.metrics, &state);
+    collect_process_metrics();
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.render(),

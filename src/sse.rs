@@ -56,12 +56,20 @@ pub fn encode_retry(retry: Duration) -> Bytes {
 /// replay could not be proven complete. Its `id` is one the client already holds
 /// (the id it resumed from, or the last one delivered before a live gap): a
 /// spec-strict client sets its last event id from every dispatched event, so an
-/// id-less notice would erase its resume point.
-pub fn encode_gap_notice(streams: &[StreamName], id: EventId) -> Bytes {
+/// id-less notice would erase its resume point. When the client's id means nothing
+/// here (unreadable, or never issued), the `id` is empty, meaning "nothing
+/// received": browsers then reconnect without `Last-Event-ID` instead of sending
+/// the same unusable id (and earning the same gap notice) again.
+pub fn encode_gap_notice(streams: &[StreamName], id: Option<EventId>) -> Bytes {
     let names: Vec<&str> = streams.iter().map(StreamName::as_str).collect();
     let data = serde_json::json!({ "streams": names }).to_string();
     let mut out = BytesMut::with_capacity(data.len() + 48);
-    let _ = writeln!(out, "id: {id}");
+    match id {
+        Some(id) => {
+            let _ = writeln!(out, "id: {id}");
+        }
+        None => out.put_slice(b"id:\n"),
+    }
     put_field(&mut out, "event", GAP_EVENT_TYPE);
     put_data(&mut out, &data);
     out.put_u8(b'\n');
@@ -208,9 +216,11 @@ mod tests {
     #[test]
     fn gap_notice_is_json_naming_streams_and_keeps_the_resume_id() {
         let streams = [StreamName::try_new("a").unwrap(), StreamName::try_new("b.c").unwrap()];
-        let (events, _) = parse(text(&encode_gap_notice(&streams, EventId::from_u64(41))));
+        let (events, _) = parse(text(&encode_gap_notice(&streams, Some(EventId::from_u64(41)))));
         assert_eq!(events[0].event_type, "gap");
         assert_eq!(events[0].last_event_id, "41");
+        let (events, _) = parse(text(&encode_gap_notice(&streams, None)));
+        assert_eq!(events[0].last_event_id, "", "an unusable resume id is reset");
         let json: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
         assert_eq!(json, serde_json::json!({"streams": ["a", "b.c"]}));
     }

@@ -125,7 +125,9 @@ pub struct Subscription {
     queue: SubscriberQueue,
     receiver: QueueReceiver,
     opening: Option<Bytes>,
-    replay: std::vec::IntoIter<Arc<Frame>>,
+    /// Held frames still to write; dropped once written, so an idle connection does
+    /// not keep the list (8 bytes a frame) for its whole life.
+    replay: Option<std::vec::IntoIter<Arc<Frame>>>,
     replayed_through: EventId,
     heartbeat: Interval,
     expiry: Option<Pin<Box<Sleep>>>,
@@ -164,14 +166,12 @@ impl Subscription {
         let replay = backend.subscribe(&request.streams, &queue, request.resume).await?;
         let mut opening = BytesMut::from(&sse::encode_preamble(timing.retry)[..]);
         if !replay.gaps.is_empty() {
-            let resumed_from = match request.resume {
-                Some(Resume::After(id)) => id,
-                _ => EventId::ZERO,
-            };
-            opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps, resumed_from));
+            opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps, replay.resumed_from));
             metrics::counter!(m::GAP_NOTICES).increment(1);
         }
-        let replayed_through = replay.frames.last().map_or(EventId::ZERO, |frame| frame.id);
+        // The larger of the resume id and the last replayed id: a node whose live
+        // feed lags behind history must not repeat what the client already has.
+        let replayed_through = replay.seam();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
@@ -181,7 +181,7 @@ impl Subscription {
             queue,
             receiver,
             opening: Some(opening.freeze()),
-            replay: replay.frames.into_iter(),
+            replay: Some(replay.frames.into_iter()),
             replayed_through,
             heartbeat,
             expiry: request.close_at.map(sleep_until_system_time),
@@ -236,12 +236,16 @@ impl Subscription {
     }
 
     fn next_replay_chunk(&mut self) -> Option<Bytes> {
+        let replay = self.replay.as_mut()?;
         let mut chunk = ChunkBuilder::default();
         while chunk.len() < MAX_CHUNK_BYTES {
-            let Some(frame) = self.replay.next() else {
+            let Some(frame) = replay.next() else {
                 break;
             };
             chunk.push(&frame.bytes);
+        }
+        if replay.len() == 0 {
+            self.replay = None;
         }
         self.replayed.increment(chunk.frames);
         chunk.finish()
@@ -345,5 +349,63 @@ async fn until_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
     match expiry {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::MemoryBackend;
+    use crate::config::Config;
+    use crate::event::NewEvent;
+    use crate::limits::Limiter;
+
+    #[tokio::test]
+    async fn the_replay_list_is_released_once_written() {
+        let config = Config::default();
+        let registry = Arc::new(StreamRegistry::new(10, 64));
+        let backend = MemoryBackend::start(&config, Arc::clone(&registry));
+        let stream = StreamName::try_new("a").unwrap();
+        let events = (0..100)
+            .map(|i| NewEvent {
+                stream: stream.clone(),
+                event_type: None,
+                data: i.to_string(),
+            })
+            .collect();
+        let ids = backend.publish(events).await.unwrap();
+        let slots = Slots {
+            connection: ConnectionLimiter::new(10).try_acquire().unwrap(),
+            subject: Limiter::from_config(&config.limits)
+                .admit_stream("s", std::slice::from_ref(&stream))
+                .unwrap(),
+        };
+        let request = SubscriptionRequest {
+            streams: vec![stream],
+            resume: Some(Resume::After(ids[0])),
+            close_at: None,
+        };
+        let timing = StreamTiming {
+            heartbeat: Duration::from_secs(60),
+            retry: Duration::from_secs(1),
+            retry_jitter: Duration::ZERO,
+        };
+        let mut subscription = Subscription::open(
+            backend,
+            &registry,
+            request,
+            timing,
+            CancellationToken::new(),
+            CancellationToken::new(),
+            slots,
+        )
+        .await
+        .unwrap();
+        assert!(subscription.replay.is_some());
+        let opening = subscription.next_chunk().await.unwrap();
+        assert!(opening.starts_with(b"retry:"));
+        let replayed = subscription.next_chunk().await.unwrap();
+        assert_eq!(replayed.iter().filter(|b| **b == b'\n').count(), 99 * 3, "99 events");
+        assert!(subscription.replay.is_none(), "nothing of the replay is kept");
     }
 }

@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::auth::mint::mint;
 use crate::auth::{Claims, StreamPattern};
 use crate::demo::DEMO_STREAMS;
+use crate::server::DEMO_SUBJECT;
 
 const PAGE: &str = include_str!("../../assets/demo.html");
 const CONFIG_PLACEHOLDER: &str = "/*SSE_DEMO_CONFIG*/null";
@@ -22,9 +23,14 @@ pub async fn demo_page(State(state): State<AppState>) -> impl IntoResponse {
     let token = state.demo_signer.as_deref().and_then(|key| {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
         let claims = Claims {
-            sub: Some("demo-page".to_owned()),
+            sub: Some(DEMO_SUBJECT.to_owned()),
             exp: Some(now + DEMO_TOKEN_TTL.as_secs()),
-            subscribe: vec![StreamPattern::try_new("demo.*").ok()?],
+            // Exactly the demo streams: every visitor shares this token, so it must
+            // not be able to create streams of its own.
+            subscribe: DEMO_STREAMS
+                .iter()
+                .filter_map(|name| StreamPattern::try_new(name).ok())
+                .collect(),
             iss: state.config.auth.issuer.clone(),
             aud: state.config.auth.audience.clone(),
             ..Claims::default()

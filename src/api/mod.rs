@@ -9,13 +9,29 @@ pub mod webhook;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
-use bytes::Bytes;
+use axum::extract::Request;
+use axum::http::header::HOST;
+use axum::http::{HeaderMap, Version};
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt as _;
 
 use crate::app::AppState;
 use crate::auth::Verified;
 use crate::auth::extract::{TokenSources, find_token};
 use crate::error::ApiError;
+use crate::limits::{BodyBudget, BodyPermit};
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request without exactly one `Host` header is a
+/// bad request, on hyper's path and on the lean event-stream path alike.
+pub async fn require_one_host(request: Request, next: Next) -> Response {
+    if request.version() == Version::HTTP_11 && request.headers().get_all(HOST).iter().count() != 1 {
+        return ApiError::InvalidRequest("an HTTP/1.1 request needs exactly one Host header".to_owned())
+            .into_response();
+    }
+    next.run(request).await
+}
 
 /// Finds and verifies the request's token.
 fn authenticate(
@@ -28,26 +44,54 @@ fn authenticate(
     Ok(state.verifier.verify(&token)?)
 }
 
-/// Reads the body within the size limit and the request timeout (slow senders
-/// must not hold a connection forever).
-pub(crate) async fn read_body(body: Body, max_bytes: usize, timeout: Duration) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, max_bytes)).await {
-        Err(_) => Err(ApiError::RequestTimeout),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) if is_length_limit(&error) => Err(ApiError::PayloadTooLarge(format!(
-            "request body exceeds limits.max_body_bytes ({max_bytes} bytes)"
-        ))),
-        Ok(Err(_)) => Err(ApiError::InvalidRequest("request body could not be read".to_owned())),
-    }
+/// A request body read in full, holding its share of the body budget until dropped.
+#[derive(Debug)]
+pub(crate) struct ReceivedBody {
+    pub(crate) bytes: Bytes,
+    _permit: BodyPermit,
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if current.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// Reads the body within `limits.max_body_bytes`, the request timeout (slow senders
+/// must not hold a connection forever) and `budget`, the bytes all requests may be
+/// receiving at once. A declared `Content-Length` is checked and charged before
+/// anything is read, so an oversized or over-budget upload is refused at once.
+pub(crate) async fn read_body(
+    body: Body,
+    max_bytes: usize,
+    timeout: Duration,
+    budget: &BodyBudget,
+) -> Result<ReceivedBody, ApiError> {
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "request body exceeds limits.max_body_bytes ({max_bytes} bytes)"
+        ))
+    };
+    let declared = http_body::Body::size_hint(&body).exact();
+    let declared = match declared.map(usize::try_from) {
+        Some(Ok(length)) if length <= max_bytes => length,
+        Some(_) => return Err(too_large()),
+        None => 0,
+    };
+    let mut permit = BodyPermit::empty();
+    budget.take(&mut permit, declared)?;
+    let read = async {
+        let mut body = body;
+        let mut received = BytesMut::with_capacity(declared);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| ApiError::InvalidRequest("request body could not be read".to_owned()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            let total = received.len() + data.len();
+            if total > max_bytes {
+                return Err(too_large());
+            }
+            let more = total.saturating_sub(permit.bytes());
+            budget.take(&mut permit, more)?;
+            received.extend_from_slice(&data);
         }
-        source = current.source();
-    }
-    false
+        Ok(received.freeze())
+    };
+    let bytes = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
+    Ok(ReceivedBody { bytes, _permit: permit })
 }

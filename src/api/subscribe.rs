@@ -7,10 +7,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::authenticate;
-use crate::app::{AppState, ConnectionCloser};
+use crate::app::AppState;
 use crate::auth::AuthError;
 use crate::auth::extract::TokenSources;
 use crate::backend::Resume;
+use crate::connection::ClientConnection;
 use crate::error::ApiError;
 use crate::event::EventId;
 use crate::metrics as m;
@@ -24,12 +25,12 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// then streams replay and live events.
 pub async fn open_subscription(
     State(state): State<AppState>,
-    closer: Option<Extension<ConnectionCloser>>,
+    client: Option<Extension<ClientConnection>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let closer = closer.map(|Extension(closer)| closer).unwrap_or_default();
-    let result = open(&state, &headers, query.as_deref(), closer).await;
+    let client = client.map(|Extension(client)| client).unwrap_or_default();
+    let result = open(&state, &headers, query.as_deref(), &client).await;
     if let Err(error) = &result {
         metrics::counter!(m::CONNECTIONS_REJECTED, "reason" => error.reason()).increment(1);
     }
@@ -40,7 +41,7 @@ async fn open(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
-    closer: ConnectionCloser,
+    client: &ClientConnection,
 ) -> Result<Response, ApiError> {
     if state.shutdown.is_draining() {
         return Err(ApiError::Draining);
@@ -57,7 +58,7 @@ async fn open(
     {
         return Err(AuthError::StreamNotPermitted.into());
     }
-    let subject = state.limiter.admit_stream(&verified.subject)?;
+    let subject = state.limiter.admit_stream(&verified.subject, &params.streams)?;
     let connection = state.connections.try_acquire().ok_or(ApiError::ConnectionLimit)?;
     let resume = header_resume(headers).or(params.resume);
     let close_at = verified
@@ -75,10 +76,11 @@ async fn open(
         request,
         state.stream_timing(),
         state.shutdown.token().clone(),
-        closer.0,
+        client.close_token().clone(),
         Slots { connection, subject },
     )
     .await?;
+    client.mark_event_stream();
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
         (CACHE_CONTROL, HeaderValue::from_static("no-cache")),

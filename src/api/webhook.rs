@@ -1,5 +1,10 @@
 //! `POST /webhooks/{stream}`: CI systems and other tools post their own JSON, which
 //! becomes the event data; the hook's shared secret authenticates the request.
+//!
+//! What can be checked before the body is read is checked first (a GitLab token);
+//! bodies that must be read to be verified (signatures) come out of their own
+//! budget, so unauthenticated uploads cannot crowd out publishers. An unknown hook
+//! answers like a wrong secret. A delivery seen before answers its original reply.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,13 +17,15 @@ use serde_json::value::RawValue;
 use super::publish::{check_event_size, compact_json};
 use super::read_body;
 use crate::app::AppState;
+use crate::auth::webhook::Proof;
 use crate::error::ApiError;
 use crate::event::NewEvent;
+use crate::idempotency::{Claim, StoredReply, fingerprint};
 use crate::metrics as m;
 use crate::stream::StreamName;
 
-/// Verifies the hook's secret against the raw body, then publishes the body as one
-/// event on the hook's stream. A wrong secret publishes nothing.
+/// Verifies the hook's secret, then publishes the body as one event on the hook's
+/// stream. A wrong secret publishes nothing.
 pub async fn receive_webhook(
     State(state): State<AppState>,
     Path(stream): Path<String>,
@@ -39,21 +46,52 @@ async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body
         return Err(ApiError::Draining);
     }
     let stream = StreamName::try_new(stream)?;
-    let hook = state.webhooks.get(&stream).ok_or(ApiError::NotFound)?;
+    let proof = Proof::from_headers(headers)?;
+    let budget = if proof.signs_body() {
+        &state.unverified_bodies
+    } else {
+        // The token alone proves the secret: refuse before reading anything.
+        state.webhooks.verify(&stream, &proof, headers, &[])?;
+        &state.publish_bodies
+    };
     let limits = &state.config.limits;
-    let bytes = read_body(body, limits.max_body_bytes, state.config.server.request_timeout).await?;
-    hook.verify(headers, &bytes)?;
-    let raw: &RawValue = serde_json::from_slice(&bytes)
+    let body = read_body(body, limits.max_body_bytes, state.config.server.request_timeout, budget).await?;
+    let delivery = state.webhooks.verify(&stream, &proof, headers, &body.bytes)?;
+    let raw: &RawValue = serde_json::from_slice(&body.bytes)
         .map_err(|error| ApiError::InvalidRequest(format!("webhook body is not JSON: {error}")))?;
     let data = compact_json(raw.get());
     check_event_size(&data, limits.max_event_bytes)?;
     let event = NewEvent {
-        stream,
-        event_type: hook.event_type(headers),
+        stream: stream.clone(),
+        event_type: delivery.hook.event_type(headers),
         data,
+    };
+    let claim = match delivery.replay_key {
+        Some(key) => {
+            let print = fingerprint(&[
+                event.event_type.as_ref().map_or("", |t| t.as_str()).as_bytes(),
+                &body.bytes,
+            ]);
+            match state.webhook_deliveries.claim(format!("{stream}\n{key}"), print) {
+                Claim::New(guard) => Some(guard),
+                Claim::Replay(reply) => return Ok(id_reply(&reply)),
+                Claim::InProgress => return Err(ApiError::InProgress),
+                Claim::Conflict => return Err(ApiError::KeyReused),
+            }
+        }
+        None => None,
     };
     let ids = state.backend.publish(vec![event]).await?;
     metrics::counter!(m::EVENTS_PUBLISHED).increment(1);
-    let id = ids.first().map(ToString::to_string);
-    Ok(Json(json!({ "id": id })).into_response())
+    let reply = StoredReply { ids, batch: false };
+    let response = id_reply(&reply);
+    if let Some(claim) = claim {
+        claim.complete(reply);
+    }
+    Ok(response)
+}
+
+fn id_reply(reply: &StoredReply) -> Response {
+    let id = reply.ids.first().map(ToString::to_string);
+    Json(json!({ "id": id })).into_response()
 }

@@ -129,6 +129,11 @@ impl Verifier {
             return Err(AuthError::TokenTooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::MalformedToken)?;
+        // RFC 7515 section 4.1.11: a recipient must reject a token whose `crit` names
+        // an extension it does not understand, and this gateway understands none.
+        if header.crit.is_some() {
+            return Err(AuthError::UnsupportedExtension);
+        }
         let (alg, key, key_id) = self
             .keys
             .iter()

@@ -40,8 +40,12 @@ pub enum AuthError {
     MissingClaim,
     #[error("token claims are invalid")]
     InvalidClaims,
+    #[error("token header names a critical extension the gateway does not support")]
+    UnsupportedExtension,
     #[error("token does not grant access to this stream")]
     StreamNotPermitted,
+    #[error("webhook delivery is older than the hook's max_age (or dated in the future)")]
+    StaleDelivery,
 }
 
 impl AuthError {
@@ -60,7 +64,9 @@ impl AuthError {
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
             Self::InvalidClaims => "invalid_claims",
+            Self::UnsupportedExtension => "unsupported_extension",
             Self::StreamNotPermitted => "stream_not_permitted",
+            Self::StaleDelivery => "stale_delivery",
         }
     }
 }

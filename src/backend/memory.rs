@@ -134,6 +134,7 @@ impl MemoryBackend {
             }
         }
         replay.frames.sort_unstable_by_key(|frame| frame.id);
+        replay.resumed_from = recognised.then_some(after);
         replay
     }
 

@@ -27,9 +27,13 @@ pub enum BackendError {
     /// The node holds as many streams as `limits.max_streams` allows.
     #[error("stream limit reached")]
     StreamLimit,
-    /// The backend cannot be reached or refused the operation.
+    /// The backend cannot be reached or refused the operation: nothing was stored.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The request reached the backend but no answer came in time: the outcome is
+    /// unknown (the events may be stored).
+    #[error("backend timed out: {0}")]
+    Timeout(String),
 }
 
 impl From<RegistryError> for BackendError {
@@ -56,6 +60,18 @@ pub struct Replay {
     pub frames: Vec<Arc<Frame>>,
     /// Streams whose replay cannot be proven complete.
     pub gaps: Vec<StreamName>,
+    /// The resume id, when it is one this deployment could have issued (the client
+    /// holds every event up to it); `None` for no resume or an unrecognised id.
+    pub resumed_from: Option<EventId>,
+}
+
+impl Replay {
+    /// Every event up to this id reached the subscriber (before the resume point or
+    /// in the replay): live frames not newer are duplicates at the seam.
+    pub fn seam(&self) -> EventId {
+        let replayed = self.frames.last().map_or(EventId::ZERO, |frame| frame.id);
+        replayed.max(self.resumed_from.unwrap_or(EventId::ZERO))
+    }
 }
 
 /// Storage and movement of events.

@@ -28,22 +28,30 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use crate::app::ConnectionCloser;
+use crate::connection::ClientConnection;
+use crate::metrics as m;
 
-/// The request line this path serves; anything else goes to hyper at once.
-const EVENTS_PREFIX: &[u8] = b"GET /events";
+/// The request target this path serves; anything else goes to hyper.
+const EVENTS_PATH: &[u8] = b"/events";
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest request head parsed here; a longer one goes to hyper, which answers it.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
+/// Bytes a client may send after its event-stream request before the connection is
+/// closed. An EventSource sends nothing; reading and discarding an unbounded flood
+/// would let one client spend the node's CPU.
+const MAX_BYTES_AFTER_REQUEST: usize = 1024;
 
 /// What the first request on a new connection turned out to be.
 #[derive(Debug)]
 pub(super) enum FirstRequest {
     /// `GET /events…` over HTTP/1.1 without a body: served here.
     EventStream(Box<Request<Body>>),
-    /// Anything else: the bytes read so far, to be replayed to hyper.
+    /// Anything else, complete (a whole HTTP/1 head or the HTTP/2 preface): the bytes
+    /// read so far, to be replayed to hyper.
     Other(Bytes),
-    /// The client went away, sent nothing in time, or the server is stopping.
+    /// The client went away, did not finish in time, or the server is stopping.
     Gone,
 }
 
@@ -53,7 +61,8 @@ enum Classified {
     Other,
 }
 
-/// Reads until the first request is classified, within `timeout`.
+/// Reads until the first request head (or the HTTP/2 preface) is complete, within
+/// `timeout`: protocol detection has the same deadline as the head itself.
 pub(super) async fn read_first_request(
     stream: &mut TcpStream,
     timeout: Duration,
@@ -76,23 +85,21 @@ pub(super) async fn read_first_request(
         classified = tokio::time::timeout(timeout, read) => match classified {
             Ok(Some(Classified::EventStream(request))) => FirstRequest::EventStream(request),
             Ok(Some(Classified::Other)) => FirstRequest::Other(buf.freeze()),
-            // Closed, or (like hyper's header timer) too slow: the client is dropped.
-            Ok(None) | Err(_) => FirstRequest::Gone,
+            Ok(None) => FirstRequest::Gone,
+            // Like hyper's header timer: the client is dropped.
+            Err(_) => {
+                metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "first_request_timeout").increment(1);
+                FirstRequest::Gone
+            }
         },
     }
 }
 
 /// `None` while more bytes are needed.
 fn classify(buf: &[u8]) -> Option<Classified> {
-    let other = || Some(Classified::Other);
-    let seen = buf.len().min(EVENTS_PREFIX.len());
-    if buf[..seen] != EVENTS_PREFIX[..seen] {
-        return other();
-    }
-    match buf.get(EVENTS_PREFIX.len()) {
-        None => return None,
-        Some(b' ' | b'?') => {}
-        Some(_) => return other(),
+    let seen = buf.len().min(H2_PREFACE.len());
+    if buf[..seen] == H2_PREFACE[..seen] {
+        return (buf.len() >= H2_PREFACE.len()).then_some(Classified::Other);
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
@@ -101,14 +108,19 @@ fn classify(buf: &[u8]) -> Option<Classified> {
             Some(build_request(&head).map_or(Classified::Other, |request| Classified::EventStream(Box::new(request))))
         }
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => None,
-        _ => other(),
+        // Too long or malformed: hyper answers it (431 or 400).
+        _ => Some(Classified::Other),
     }
 }
 
 /// The parsed head as a request for the router, or `None` when hyper should decide
 /// (HTTP/1.0, a body, an upgrade, a header hyper might treat differently).
 fn build_request(head: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
-    if head.version != Some(1) {
+    let path = head.path?.as_bytes();
+    let is_events = path
+        .strip_prefix(EVENTS_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'?');
+    if head.method != Some("GET") || !is_events || head.version != Some(1) {
         return None;
     }
     let mut headers = HeaderMap::with_capacity(head.headers.len());
@@ -123,7 +135,7 @@ fn build_request(head: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
         }
         headers.append(name, HeaderValue::from_bytes(header.value).ok()?);
     }
-    let uri: Uri = head.path?.parse().ok()?;
+    let uri: Uri = std::str::from_utf8(path).ok()?.parse().ok()?;
     let mut request = Request::new(Body::empty());
     *request.method_mut() = Method::GET;
     *request.uri_mut() = uri;
@@ -137,11 +149,11 @@ pub(super) async fn serve(
     mut stream: TcpStream,
     request: Box<Request<Body>>,
     router: Router,
-    closer: ConnectionCloser,
+    client: ClientConnection,
 ) {
     let mut request = *request;
-    let closed = closer.0.clone();
-    request.extensions_mut().insert(closer);
+    let closed = client.close_token().clone();
+    request.extensions_mut().insert(client);
     // Boxed: the router's future is large and needed only until the response exists;
     // outside this task's state it does not weigh on every open stream.
     let response = match Box::pin(router.oneshot(request)).await {
@@ -192,8 +204,10 @@ async fn write_response(
         }
         return Ok(());
     }
-    // Reading only tells when the client goes away; anything it sends is ignored.
+    // Reading only tells when the client goes away; what it sends is discarded, up
+    // to a small allowance.
     let mut probe = [0_u8; 64];
+    let mut received = 0_usize;
     // One future for the whole stream: it registers with the token once, instead of
     // registering and unregistering (two mutex round trips) for every frame.
     let closed = closed.cancelled();
@@ -204,7 +218,13 @@ async fn write_response(
             () = &mut closed => return Ok(()),
             read = stream.read(&mut probe) => match read {
                 Ok(0) | Err(_) => return Ok(()),
-                Ok(_) => {}
+                Ok(read) => {
+                    received += read;
+                    if received > MAX_BYTES_AFTER_REQUEST {
+                        metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "unexpected_input").increment(1);
+                        return Ok(());
+                    }
+                }
             },
             frame = body.frame() => match frame {
                 // The last chunk: the response is complete.
@@ -332,8 +352,14 @@ mod tests {
         assert_eq!(kind(b"GET /events HTTP/1.1\r\n\r\n"), "event stream");
         assert_eq!(kind(b"GET /events?stream=a HTTP/1.1\r\nHost: x\r\n"), "more");
         assert_eq!(kind(b"GET /ev"), "more");
-        assert_eq!(kind(b"GET /healthz HTTP/1.1\r\n"), "hyper");
-        assert_eq!(kind(b"POST /events HTTP/1.1\r\n"), "hyper");
+        // Every other request is handed over only once its head is complete, so the
+        // first-request deadline covers protocol detection too.
+        assert_eq!(kind(b"GET /healthz HTTP/1.1\r\n"), "more");
+        assert_eq!(kind(b"GET /healthz HTTP/1.1\r\n\r\n"), "hyper");
+        assert_eq!(kind(b"POST /events HTTP/1.1\r\n\r\n"), "hyper");
+        assert_eq!(kind(b"P"), "more");
+        assert_eq!(kind(b"PRI * HTTP/2.0\r\n"), "more");
+        assert_eq!(kind(b"\x16\x03\x01"), "hyper", "not HTTP: hyper answers 400");
         assert_eq!(kind(b"GET /events/x HTTP/1.1\r\n\r\n"), "hyper");
         assert_eq!(kind(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "hyper");
         assert_eq!(kind(b"GET /events HTTP/1.0\r\n\r\n"), "hyper");

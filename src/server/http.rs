@@ -1,20 +1,30 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 over `hyper-util`, with the settings
-//! `axum::serve` does not expose — a timer, so idle clients cannot hold a
-//! connection by sending request headers slowly (slowloris), `TCP_NODELAY` so small
-//! event writes leave at once — and graceful draining of open connections. A
-//! connection whose first request is a plain `GET /events` is served by the lean
+//! The accept loop: HTTP/1.1 and HTTP/2 over `hyper-util`, with what `axum::serve`
+//! does not offer:
+//! - a deadline for the whole first request head, protocol detection included (a
+//!   client that sends one byte, or half an HTTP/2 preface, is dropped after
+//!   `server.header_read_timeout`; hyper's own header timer covers later requests);
+//! - `server.idle_timeout` for connections with no request in flight (HTTP/2 has no
+//!   idle limit of its own) and HTTP/2 keep-alive pings every `heartbeat_interval`;
+//! - the [`ConnectionPool`] bound on connections that are not event streams;
+//! - accept errors (EMFILE) answered with exponential back-off, never a busy loop;
+//! - `TCP_NODELAY`, so small event writes leave at once, and ordered draining.
+//!
+//! A connection whose first request is a plain `GET /events` is served by the lean
 //! path in `event_conn` instead (same router, no hyper buffers per open stream).
 
+use std::convert::Infallible;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -22,21 +32,34 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use super::event_conn::{self, FirstRequest, Prefixed};
-use crate::app::ConnectionCloser;
+use super::pool::{ConnectionPool, Membership, RequestGuard};
+use crate::connection::ClientConnection;
+use crate::metrics as m;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpSettings {
-    /// Time a client has to send complete request headers.
+    /// Time a client has to send a complete request head (the first one including
+    /// protocol detection).
     pub header_read_timeout: Duration,
+    /// Connections with no request in flight for this long are closed.
+    pub idle_timeout: Duration,
+    /// Interval of HTTP/2 keep-alive pings (a peer that does not answer within the
+    /// same interval is dropped).
+    pub keep_alive_interval: Duration,
+    /// Connections that are not event streams this listener keeps at once.
+    pub max_other_connections: usize,
 }
+
+/// First and last pause after a failed accept.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
 /// Serves `router` on `listener` until `stop` is cancelled, then stops accepting and
 /// waits for open connections to finish (the caller bounds that wait).
 ///
 /// # Errors
-/// Never for accept errors (logged, then retried after a pause); the `Result` is
-/// kept for symmetry with other servers.
+/// Never for accept errors (logged, then retried after a growing pause); the
+/// `Result` is kept for symmetry with other servers.
 pub(super) async fn serve(
     listener: TcpListener,
     router: Router,
@@ -48,53 +71,84 @@ pub(super) async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(settings.keep_alive_interval)
+        .keep_alive_timeout(settings.keep_alive_interval);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    // Event streams served outside hyper are waited for here.
+    let pool = ConnectionPool::new(settings.max_other_connections);
     let connections = TaskTracker::new();
+    let mut backoff = ACCEPT_BACKOFF.0;
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF.0;
+                stream
+            }
             Err(error) => {
-                // Typically EMFILE: back off instead of spinning; open connections go on.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Typically EMFILE: free a descriptor held by an idle connection,
+                // then pause (growing) instead of spinning; open connections go on.
+                metrics::counter!(m::ACCEPT_ERRORS).increment(1);
+                tracing::warn!(%error, pause = ?backoff, "accept failed");
+                pool.evict_one();
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                 continue;
             }
         };
+        let Some(membership) = pool.admit() else {
+            // Every connection that is not an event stream has a request in flight.
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (router, builder, watcher, stop) = (router.clone(), Arc::clone(&builder), graceful.watcher(), stop.clone());
-        connections.spawn(async move {
-            let mut stream = stream;
-            let closer = ConnectionCloser::default();
-            match event_conn::read_first_request(&mut stream, settings.header_read_timeout, &stop).await {
-                FirstRequest::Gone => {}
-                FirstRequest::EventStream(request) => event_conn::serve(stream, request, router, closer).await,
-                FirstRequest::Other(read) => {
-                    // Boxed: hyper's connection state would otherwise size every
-                    // connection task, event streams included.
-                    Box::pin(serve_with_hyper(
-                        Prefixed::new(read, stream),
-                        router,
-                        &builder,
-                        watcher,
-                        closer,
-                    ))
-                    .await;
-                }
-            }
-        });
+        let (router, builder, stop) = (router.clone(), Arc::clone(&builder), stop.clone());
+        connections.spawn(serve_connection(stream, router, builder, settings, membership, stop));
     }
     drop(listener);
-    graceful.shutdown().await;
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+async fn serve_connection(
+    mut stream: tokio::net::TcpStream,
+    router: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    settings: HttpSettings,
+    mut membership: Membership,
+    stop: CancellationToken,
+) {
+    let client = ClientConnection::default();
+    let evicted = membership.activity().evicted().clone();
+    let first = tokio::select! {
+        () = evicted.cancelled() => return,
+        first = event_conn::read_first_request(&mut stream, settings.header_read_timeout, &stop) => first,
+    };
+    match first {
+        FirstRequest::Gone => {}
+        FirstRequest::EventStream(request) => {
+            membership.leave();
+            event_conn::serve(stream, request, router, client).await;
+        }
+        FirstRequest::Other(read) => {
+            // Boxed: hyper's connection state would otherwise size every connection
+            // task, event streams included.
+            let io = Prefixed::new(read, stream);
+            Box::pin(serve_with_hyper(
+                io, router, &builder, settings, membership, client, stop,
+            ))
+            .await;
+        }
+    }
 }
 
 /// Any connection whose first request is not a plain event-stream request.
@@ -102,26 +156,87 @@ async fn serve_with_hyper(
     io: Prefixed,
     router: Router,
     builder: &Builder<TokioExecutor>,
-    watcher: Watcher,
-    closer: ConnectionCloser,
+    settings: HttpSettings,
+    mut membership: Membership,
+    client: ClientConnection,
+    stop: CancellationToken,
 ) {
-    let close = closer.0.clone();
-    let service = router.map_request(move |request: hyper::Request<Incoming>| {
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(closer.clone());
-        request
-    });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
-        .into_owned();
-    let connection = watcher.watch(connection);
-    tokio::select! {
-        result = connection => {
-            if let Err(error) = result {
-                tracing::trace!(%error, "connection ended with an error");
+    let activity = Arc::clone(membership.activity());
+    let service = {
+        let (activity, client) = (Arc::clone(&activity), client.clone());
+        tower::service_fn(move |request: hyper::Request<Incoming>| {
+            let guard = activity.begin_request();
+            let mut request = request.map(Body::new);
+            request.extensions_mut().insert(client.clone());
+            let router = router.clone();
+            async move {
+                let response = router.oneshot(request).await?;
+                Ok::<_, Infallible>(response.map(|body| Body::new(Tracked { body, _guard: guard })))
+            }
+        })
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(connection);
+    let mut closing = false;
+    // An HTTP/2 graceful close waits for the peer to answer a ping; a silent peer
+    // gets `header_read_timeout` to do so, then the socket is dropped.
+    let close_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(close_deadline);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::trace!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            // Dropping the connection closes the socket.
+            () = client.close_token().cancelled() => return,
+            () = activity.evicted().cancelled() => return,
+            () = client.event_stream_token().cancelled(), if !membership.has_left() => membership.leave(),
+            () = &mut close_deadline, if closing => return,
+            () = stop.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = activity.idle_for(settings.idle_timeout), if !closing => {
+                closing = true;
+                metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "idle").increment(1);
+                connection.as_mut().graceful_shutdown();
+                close_deadline.as_mut().reset(tokio::time::Instant::now() + settings.header_read_timeout);
             }
         }
-        // Dropping the connection closes the socket.
-        () = close.cancelled() => tracing::debug!("connection closed by the gateway"),
+    }
+}
+
+/// A response body that ends its request's activity when dropped.
+struct Tracked {
+    body: Body,
+    _guard: RequestGuard,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl std::fmt::Debug for Tracked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked").finish_non_exhaustive()
     }
 }

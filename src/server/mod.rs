@@ -4,9 +4,11 @@
 
 mod event_conn;
 mod http;
+mod pool;
 
 pub use http::HttpSettings;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +23,9 @@ use crate::auth::{KeyError, Verifier};
 use crate::backend::{Backend, BackendError, MemoryBackend, RedisBackend};
 use crate::config::Algorithm;
 use crate::config::{BackendKind, Config};
-use crate::demo;
-use crate::limits::Limiter;
+use crate::demo::{self, DEMO_STREAMS};
+use crate::idempotency::IdempotencyCache;
+use crate::limits::{BodyBudget, Limiter, SubjectLimits};
 use crate::metrics;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
@@ -65,6 +68,10 @@ impl Listeners {
         Ok(Self { main, metrics })
     }
 }
+
+/// Webhook deliveries remembered at once (each about 200 bytes); only verified
+/// deliveries are remembered, so only holders of a hook's secret can fill it.
+const WEBHOOK_DELIVERIES_REMEMBERED: usize = 100_000;
 
 /// Pending-connection queue of the listening sockets. Tokio's default (1024) makes a
 /// reconnect storm of thousands of clients overflow it, and every dropped SYN costs
@@ -109,9 +116,7 @@ pub async fn run(
             shutdown.token().clone(),
         ));
     }
-    let settings = HttpSettings {
-        header_read_timeout: state.config.server.header_read_timeout,
-    };
+    let settings = http_settings(&state.config);
     let metrics_server = listeners.metrics.map(|listener| {
         let router = app::metrics_router(state.clone());
         tokio::spawn(http::serve(listener, router, settings, shutdown.token().clone()))
@@ -149,6 +154,53 @@ pub async fn run(
     Ok(())
 }
 
+fn http_settings(config: &Config) -> HttpSettings {
+    HttpSettings {
+        header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
+        keep_alive_interval: config.server.heartbeat_interval,
+        max_other_connections: other_connection_bound(config),
+    }
+}
+
+/// Descriptors kept free of client connections (listeners, Redis, files, logs).
+const RESERVED_FDS: u64 = 64;
+
+/// `server.max_other_connections`, capped at half the open-file limit so that
+/// connections that are not event streams can never use every descriptor. Warns
+/// when the limit cannot hold every configured connection.
+fn other_connection_bound(config: &Config) -> usize {
+    let configured = config.server.max_other_connections;
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return configured;
+    };
+    let wanted = (config.limits.max_connections + configured) as u64 + RESERVED_FDS;
+    if soft < wanted {
+        tracing::warn!(
+            open_file_limit = soft,
+            wanted,
+            "the open-file limit is below limits.max_connections + server.max_other_connections + {RESERVED_FDS}; \
+             raise it (ulimit -n, LimitNOFILE=) or lower those limits"
+        );
+    }
+    configured.min(usize::try_from(soft / 2).unwrap_or(usize::MAX)).max(1)
+}
+
+/// Raises the soft open-file limit to the hard limit (every connection is a
+/// descriptor) and returns the new soft limit.
+pub fn raise_open_file_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            None
+        }
+    }
+}
+
+/// The subject of the demo page's token; its connection limit is `demo.max_connections`.
+pub(crate) const DEMO_SUBJECT: &str = "demo-page";
+
 fn build_state(config: Config) -> Result<AppState, ServerError> {
     let verifier = Verifier::from_config(&config.auth)?;
     let webhooks = Webhooks::from_config(&config.webhooks.hooks)?;
@@ -166,9 +218,27 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         BackendKind::Memory => MemoryBackend::start(&config, Arc::clone(&registry)),
         BackendKind::Redis => RedisBackend::start(&config, Arc::clone(&registry))?,
     };
+    // Every visitor of the demo page shares its token: keep what it can hold small.
+    let demo_limits = SubjectLimits {
+        max_connections: config.demo.max_connections,
+        max_streams: DEMO_STREAMS.len(),
+    };
+    let demo_limit = HashMap::from([(format!("sub:{DEMO_SUBJECT}"), demo_limits)]);
     Ok(AppState {
         connections: ConnectionLimiter::new(config.limits.max_connections),
-        limiter: Limiter::from_config(&config.limits),
+        limiter: Limiter::with_overrides(&config.limits, demo_limit),
+        webhook_deliveries: Arc::new(IdempotencyCache::new(
+            config.webhooks.replay_window,
+            WEBHOOK_DELIVERIES_REMEMBERED,
+        )),
+        publish_bodies: Arc::new(BodyBudget::new(
+            config.limits.max_body_bytes_in_flight,
+            "limits.max_body_bytes_in_flight",
+        )),
+        unverified_bodies: Arc::new(BodyBudget::new(
+            config.limits.max_unverified_body_bytes_in_flight,
+            "limits.max_unverified_body_bytes_in_flight",
+        )),
         config: Arc::new(config),
         verifier: Arc::new(verifier),
         backend,

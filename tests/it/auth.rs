@@ -228,3 +228,19 @@ fn mint_raw_claims(claims: &Value) -> String {
     )
     .unwrap()
 }
+
+#[tokio::test]
+async fn a_critical_header_extension_is_refused() {
+    let server = TestServer::start_default().await;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.crit = Some(vec!["urn:example:must-understand".to_owned()]);
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims(),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (status, body) = subscribe_status(&server, &token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "unsupported_extension");
+}

@@ -140,3 +140,22 @@ on_both_backends!(
         assert_eq!(subscriber.next_event().await.id, Some(marker));
     }
 );
+
+on_both_backends!(
+    an_unusable_resume_id_gets_a_gap_notice_with_an_empty_id_then_everything_held,
+    defaults,
+    |server: Arc<TestServer>| async move {
+        let mut published = Vec::new();
+        for i in 0..3 {
+            published.push(server.publish("u", None, json!(i)).await);
+        }
+        // Above every id issued, beyond u64, and not a number at all.
+        for resume in ["18446744073709551615", "99999999999999999999999", "abc"] {
+            let mut resumed = server.subscribe(&["u"], Some(resume)).await;
+            let gap = resumed.next_event().await;
+            assert_eq!(gap.event, "gap", "{resume}");
+            assert_eq!(gap.id.as_deref(), Some(""), "`nothing received`, not {resume}");
+            assert_eq!(ids(&resumed.events(3).await), published, "{resume}");
+        }
+    }
+);

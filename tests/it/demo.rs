@@ -64,3 +64,42 @@ async fn the_demo_publisher_emits_health_and_pipeline_events() {
         assert!(data["stream"].as_str().unwrap().starts_with("demo."));
     }
 }
+
+#[tokio::test]
+async fn the_shared_demo_token_holds_few_connections_and_only_the_demo_streams() {
+    let mut config = test_config();
+    config.demo.max_connections = 2;
+    let server = TestServer::start(config).await;
+    let page = server
+        .http
+        .get(server.url("/demo"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let token = page
+        .split("\"token\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page carries a token")
+        .to_owned();
+    // No streams of its own: only the demo streams themselves.
+    assert_eq!(
+        server.get_events(&["demo.attacker-made"], &token).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let _one = server.get_events(&["demo.ci"], &token).await;
+    let _two = server.get_events(&["demo.servers"], &token).await;
+    let third = server.get_events(&["demo.ci"], &token).await;
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Everyone else is unaffected.
+    assert_eq!(
+        server
+            .get_events(&["demo.ci"], server.token(&["*"], &[]))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}

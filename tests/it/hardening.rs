@@ -247,3 +247,49 @@ async fn shutdown_spreads_reconnects_with_a_jittered_retry() {
     );
     server.join().await.unwrap();
 }
+
+#[tokio::test]
+async fn one_subject_cannot_hold_more_than_its_share_of_streams() {
+    let mut config = test_config();
+    config.limits.max_streams_per_subject = 4;
+    let server = TestServer::start(config).await;
+    let token = server.token(&["*"], &[]);
+    let held = server.get_events(&["s1", "s2", "s3"], &token).await;
+    assert_eq!(held.status(), StatusCode::OK);
+    let refused = server.get_events(&["s4", "s5"], &token).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "subject_stream_limit");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_streams_per_subject"),
+        "{body}"
+    );
+    // Streams the subject already holds cost nothing more.
+    let again = server.get_events(&["s1", "s4"], &token).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let other = token_with(|claims| {
+        claims.sub = Some("someone-else".to_owned());
+        claims.subscribe = crate::support::server::patterns(&["*"]);
+    });
+    assert_eq!(server.get_events(&["s6", "s7"], &other).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_node_stream_limit_says_which_limit_was_hit() {
+    let mut config = test_config();
+    config.limits.max_streams = 1;
+    let server = TestServer::start(config).await;
+    let token = server.token(&["*"], &[]);
+    let _held = server.get_events(&["a"], &token).await;
+    let refused = server.get_events(&["b"], &token).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "stream_limit");
+    assert!(
+        body["message"].as_str().unwrap().contains("limits.max_streams"),
+        "{body}"
+    );
+}

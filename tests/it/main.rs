@@ -6,6 +6,7 @@
     reason = "support items are shared by the modules of this one test binary"
 )]
 
+mod attacks;
 mod auth;
 mod browser;
 mod cli;

@@ -212,3 +212,54 @@ async fn redis_losing_its_data_is_announced_and_ids_keep_increasing() {
     assert_eq!(resumed.next_event().await.event, "gap");
     let _ = redis.cli(&["PING"]);
 }
+
+#[tokio::test]
+async fn resuming_on_a_node_whose_live_feed_lags_repeats_nothing() {
+    let redis = RedisServer::start().await;
+    let proxy = ChaosProxy::start(redis.addr).await;
+    let config = redis_config(&redis.url());
+    let mut lagging = config.clone();
+    lagging.backend.redis.url = Secret::new(format!("redis://{}", proxy.addr));
+    let a = node(config).await;
+    let b = node(lagging).await;
+    // B already listens to the stream, then its live feed stalls.
+    let _holder = b.subscribe(&["lag"], None).await;
+    let mut on_a = a.subscribe(&["lag"], None).await;
+    proxy.pause_subscriptions(true);
+    for i in 0..3 {
+        a.publish("lag", None, json!(i)).await;
+    }
+    let read_on_a = on_a.events(3).await;
+    let last = read_on_a[2].id.clone().unwrap();
+    // The client moves to B with the last id it read; B's feed still holds all three.
+    let mut resumed = b.subscribe(&["lag"], Some(&last)).await;
+    proxy.pause_subscriptions(false);
+    let next = a.publish("lag", None, json!("after")).await;
+    assert_eq!(
+        resumed.next_event().await.id,
+        Some(next),
+        "nothing at or before the resume id again"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_redis_never_answered_is_504_not_503() {
+    let redis = RedisServer::start().await;
+    let mut config = redis_config(&redis.url());
+    config.backend.redis.response_timeout = Duration::from_secs(3);
+    let a = node(config).await;
+    let mut subscriber = a.subscribe(&["frozen"], None).await;
+    // Once before, so Redis has the script cached (a first EVALSHA would fail on
+    // NOSCRIPT when Redis goes on, storing nothing).
+    let before = a.publish("frozen", None, json!("before")).await;
+    assert_eq!(subscriber.next_event().await.id, Some(before));
+    redis.freeze();
+    let (status, body) = a.post_json(&json!({"stream":"frozen","data":"stored after all"})).await;
+    redis.thaw();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"], "backend_timeout");
+    assert!(body["message"].as_str().unwrap().contains("Idempotency-Key"));
+    // The outcome was indeed unknown: Redis stored the event once it went on.
+    let event = subscriber.next_event().await;
+    assert_eq!(event.data, "stored after all");
+}

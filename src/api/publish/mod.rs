@@ -44,9 +44,15 @@ async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, bod
     }
     let verified = authenticate(state, headers, query, TokenSources { cookie_name: None })?;
     let limits = &state.config.limits;
-    let bytes = read_body(body, limits.max_body_bytes, state.config.server.request_timeout).await?;
+    let body = read_body(
+        body,
+        limits.max_body_bytes,
+        state.config.server.request_timeout,
+        &state.publish_bodies,
+    )
+    .await?;
     let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
-    let PublishBody { events, is_batch } = parse_body(content_type, &bytes, &BodyLimits::from(limits))?;
+    let PublishBody { events, is_batch } = parse_body(content_type, &body.bytes, &BodyLimits::from(limits))?;
     if !events.iter().all(|event| verified.claims.may_publish(&event.stream)) {
         return Err(AuthError::StreamNotPermitted.into());
     }

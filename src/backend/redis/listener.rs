@@ -298,7 +298,7 @@ fn gap_frame(stream: &StreamName, delivered_through: EventId) -> Frame {
     Frame {
         id: EventId::MAX,
         published_at: Instant::now(),
-        bytes: sse::encode_gap_notice(std::slice::from_ref(stream), delivered_through),
+        bytes: sse::encode_gap_notice(std::slice::from_ref(stream), Some(delivered_through)),
     }
 }
 

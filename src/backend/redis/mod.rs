@@ -270,6 +270,18 @@ fn malformed() -> BackendError {
     BackendError::Unavailable("unexpected reply from Redis".to_owned())
 }
 
+/// A failed publish: "not stored" when Redis refused it or was never reached,
+/// "outcome unknown" when the request may have reached Redis but no answer came.
+fn publish_error(error: &redis::RedisError) -> BackendError {
+    let reached_redis = error.is_timeout() || error.is_connection_dropped() || error.is_io_error();
+    // A server error reply means the script was refused or failed before writing.
+    if reached_redis && error.code().is_none() && !error.is_connection_refusal() {
+        BackendError::Timeout(format!("redis: {error}"))
+    } else {
+        Shared::unavailable(error)
+    }
+}
+
 /// The Redis backend.
 #[derive(Debug)]
 pub struct RedisBackend {
@@ -345,6 +357,7 @@ impl RedisBackend {
             replay.frames.extend(stream.frames.iter().cloned());
         }
         replay.frames.sort_unstable_by_key(|frame| frame.id);
+        replay.resumed_from = recognised.then_some(after);
         Ok(replay)
     }
 }
@@ -353,6 +366,13 @@ impl RedisBackend {
 impl Backend for RedisBackend {
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BackendError> {
         let shared = &self.shared;
+        // Known to be unreachable: refuse without sending, so the answer is a clean
+        // "not stored" (503) rather than "outcome unknown" (504).
+        if !shared.commands_ok.load(Ordering::Acquire) {
+            return Err(BackendError::Unavailable(
+                "Redis did not answer the last health check".to_owned(),
+            ));
+        }
         let mut connection = shared.connections.get()?;
         let mut invocation = shared.publish_script.prepare_invoke();
         invocation
@@ -373,7 +393,7 @@ impl Backend for RedisBackend {
         let reply: Vec<String> = invocation
             .invoke_async(&mut connection)
             .await
-            .map_err(|error| Shared::unavailable(&error))?;
+            .map_err(|error| publish_error(&error))?;
         reply.iter().skip(1).map(|id| id_from_redis(id)).collect()
     }
 

@@ -87,7 +87,9 @@ return result
 /// KEYS: meta, seq, trimmed. ARGV: prefix, buffer_size, ttl_ms, new_epoch, after
 /// (`ms-seq`), streams… Returns `{epoch, floor, reclaimed, last_id, {name, present,
 /// trimmed_through, entries}…}`, read in one atomic step so the replay is a
-/// consistent cut across streams.
+/// consistent cut across streams. An `after` above every id issued is one this
+/// deployment never gave out: everything held is returned (the caller sends a gap
+/// notice).
 pub(super) fn replay() -> String {
     format!(
         "{PRELUDE}{}",
@@ -99,6 +101,7 @@ local state = redis.call('HMGET', meta, 'floor', 'reclaimed')
 local last = redis.call('XREVRANGE', seq, '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
+if id_lt(last_id, after) then after = '0-0' end
 local cutoff = nil
 if ttl > 0 then cutoff = now_ms() - ttl end
 local result = {epoch, state[1], state[2], last_id}

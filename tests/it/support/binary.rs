@@ -24,7 +24,13 @@ impl GatewayProcess {
     /// Runs `sse-gateway serve` in `dir` with `envs` (on 127.0.0.1:0) and waits
     /// for it to listen.
     pub async fn serve(dir: &Path, envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
+        Self::serve_with(Path::new(BIN), dir, envs).await
+    }
+
+    /// Like [`GatewayProcess::serve`], started through `program` (a wrapper that
+    /// runs the gateway with its arguments).
+    pub async fn serve_with(program: &Path, dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(program);
         command
             .current_dir(dir)
             .env("SSE_GATEWAY_SERVER__ADDR", "127.0.0.1:0")

@@ -1,11 +1,14 @@
-//! A TCP proxy on port 0 whose connections can be cut, and which can refuse new
-//! ones for a while: the way tests drop a client's connection without stopping
-//! the gateway.
+//! A TCP proxy on port 0 whose connections can be cut, which can refuse new ones
+//! for a while, and which can hold back what Redis sends to pub/sub connections
+//! (those that sent a SUBSCRIBE): the way tests drop a client's connection, or make
+//! a node's live feed lag behind, without stopping the gateway.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -13,6 +16,7 @@ pub struct ChaosProxy {
     pub addr: SocketAddr,
     blocked: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
+    paused: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -22,11 +26,19 @@ impl ChaosProxy {
         let addr = listener.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0_u64);
-        let accept = tokio::spawn(accept_loop(listener, target, blocked.clone(), generation.clone()));
+        let (paused, _) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            target,
+            blocked.clone(),
+            generation.clone(),
+            paused.clone(),
+        ));
         Self {
             addr,
             blocked,
             generation,
+            paused,
             accept,
         }
     }
@@ -40,6 +52,12 @@ impl ChaosProxy {
 
     pub fn unblock(&self) {
         self.blocked.store(false, Ordering::SeqCst);
+    }
+
+    /// Holds back (without losing) what the server sends on pub/sub connections
+    /// until called again with `false`.
+    pub fn pause_subscriptions(&self, pause: bool) {
+        self.paused.send_replace(pause);
     }
 }
 
@@ -55,6 +73,7 @@ async fn accept_loop(
     target: SocketAddr,
     blocked: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
+    paused: watch::Sender<bool>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
         if blocked.load(Ordering::SeqCst) {
@@ -62,15 +81,59 @@ async fn accept_loop(
             continue;
         }
         let mut cut = generation.subscribe();
+        let paused = paused.subscribe();
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
-            let (mut client, mut server) = (client, server);
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            let is_pubsub = Arc::new(AtomicBool::new(false));
             tokio::select! {
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                () = upstream(client_read, server_write, is_pubsub.clone()) => {}
+                () = downstream(server_read, client_write, is_pubsub, paused) => {}
                 _ = cut.changed() => {}
             }
         });
+    }
+}
+
+/// Client to server, noticing a SUBSCRIBE.
+async fn upstream(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, is_pubsub: Arc<AtomicBool>) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let chunk = &buffer[..read];
+        if chunk.windows(9).any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE")) {
+            is_pubsub.store(true, Ordering::SeqCst);
+        }
+        if to.write_all(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Server to client, held back while paused on pub/sub connections.
+async fn downstream(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    is_pubsub: Arc<AtomicBool>,
+    mut paused: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if is_pubsub.load(Ordering::SeqCst) && paused.wait_for(|paused| !paused).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
