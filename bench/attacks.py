@@ -152,9 +152,12 @@ async def stalled(binary):
     await asyncio.sleep(14)
     still_open = await count_open(connections)
     health_later = await request(gateway.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(50)
+    open_later = await count_open(connections)
     gateway.stop()
     return {"stalled connections made": len(connections), "/healthz while they are held": health,
-            "gateway fds while held": fds, "still open after 15 s": still_open, "/healthz after 15 s": health_later}
+            "gateway fds while held": fds, "still open after 15 s": still_open, "/healthz after 15 s": health_later,
+            "still open after 65 s": open_later}
 
 
 async def idle_h2(binary, count=5000, wait=70):
@@ -259,22 +262,26 @@ async def flood(binary, seconds=10):
             f"gateway CPU seconds in {seconds} s": round(used, 2)}
 
 
-async def replay(binary, subscribers=300, streams=32, events=1000):
-    """300 subscribers resume with an unknown id on 32 streams x 1,000 events, then idle."""
-    gateway = Gateway(binary)
+async def replay(binary, subscribers=300, streams=32, events=1000, settle=15):
+    """300 subscribers resume with an unknown id on 32 streams x 1,000 events, then idle;
+    beside the same number of subscribers that never resumed, on a fresh gateway."""
     names = [f"r{i}" for i in range(streams)]
     publisher = token("publisher", subscribe=(), publish=("*",))
-    for name in names:
-        batch = json.dumps([{"stream": name, "data": f"event {i:04d} of a replayed stream"} for i in range(events)])
-        raw = (f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(batch)}\r\n\r\n{batch}").encode()
-        assert "200" in await request(gateway.port, raw)
-    await asyncio.sleep(1)
-    idle_base = gateway.rss_mb()
-    records = streams * events + 2  # preamble, gap notice, every event
 
-    async def one(i):
-        _, reader, writer = await event_stream(gateway.port, names, last_event_id="unknown", sub=f"r{i}")
+    async def prepared():
+        gateway = Gateway(binary)
+        for name in names:
+            batch = json.dumps([{"stream": name, "data": f"event {i:04d} of a replayed stream"} for i in range(events)])
+            raw = (f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(batch)}\r\n\r\n{batch}").encode()
+            assert "200" in await request(gateway.port, raw)
+        await asyncio.sleep(1)
+        return gateway
+
+    async def one(gateway, i, last_event_id):
+        _, reader, writer = await event_stream(gateway.port, names, last_event_id=last_event_id, sub=f"r{i}")
+        # Preamble, and with a resume the gap notice and every event.
+        records = streams * events + 2 if last_event_id else 1
         seen, tail = 0, b""
         while seen < records:
             data = await reader.read(65536)
@@ -284,14 +291,19 @@ async def replay(binary, subscribers=300, streams=32, events=1000):
             tail = data[-1:]
         return writer
 
-    writers = await asyncio.gather(*(one(i) for i in range(subscribers)))
-    await asyncio.sleep(5)
-    after = gateway.rss_mb()
-    for writer in writers:
-        writer.close()
-    gateway.stop()
-    return {"RSS before the resumes (MB)": round(idle_base, 1), "RSS with the subscribers idle (MB)": round(after, 1),
-            "per subscriber (KB)": round((after - idle_base) * 1024 / subscribers, 1)}
+    result = {}
+    for label, last_event_id in (("idle, no resume", None), ("idle after the replay", "unknown")):
+        gateway = await prepared()
+        base = gateway.rss_mb()
+        writers = await asyncio.gather(*(one(gateway, i, last_event_id) for i in range(subscribers)))
+        await asyncio.sleep(settle)
+        after = gateway.rss_mb()
+        for writer in writers:
+            writer.close()
+        gateway.stop()
+        result[f"{label}: RSS growth (MB)"] = round(after - base, 1)
+        result[f"{label}: per subscriber (KB)"] = round((after - base) * 1024 / subscribers, 1)
+    return result
 
 
 async def streams_held(binary, per_connection=32):
