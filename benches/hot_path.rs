@@ -44,7 +44,7 @@ fn fan_out(c: &mut Criterion) {
         let mut receivers = Vec::new();
         for _ in 0..subscribers {
             let (queue, receiver) = registry.new_queue(CancellationToken::new());
-            registry.attach(&stream, &queue).unwrap();
+            registry.attach_one(&stream, &queue).unwrap();
             receivers.push(receiver);
         }
         let frame = Arc::new(Frame {

@@ -1,6 +1,7 @@
 //! The built-in demo publisher: sample server-health (`demo.servers`, type `health`)
 //! and CI pipeline (`demo.ci`, type `pipeline`) events, published through the
-//! backend like any other event, so the first run shows something alive.
+//! node like any other event (counted as `source="demo"`), so the first run shows
+//! something alive.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,19 +10,23 @@ use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backend;
 use crate::event::{EventType, NewEvent};
+use crate::node::{Allowed, Node, Publication, Publisher, Source};
 use crate::stream::StreamName;
 
 /// Streams the demo publisher writes to (and the demo page subscribes to).
 pub const DEMO_STREAMS: [&str; 2] = ["demo.servers", "demo.ci"];
+
+/// The subject of the demo page's token; every visitor shares it, so the node
+/// gives it `demo.max_connections` and no more streams than the demo has.
+pub const DEMO_SUBJECT: &str = "demo-page";
 
 const HOSTS: [&str; 4] = ["web-1", "web-2", "api-1", "db-1"];
 const PIPELINES: [&str; 3] = ["api", "web", "billing"];
 const STAGES: [&str; 3] = ["build", "test", "deploy"];
 
 /// Publishes sample events every `interval` until `stop` is cancelled.
-pub async fn publish_samples(backend: Arc<dyn Backend>, interval: Duration, stop: CancellationToken) {
+pub async fn publish_samples(node: Arc<Node>, interval: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick: u64 = 0;
@@ -36,7 +41,16 @@ pub async fn publish_samples(backend: Arc<dyn Backend>, interval: Duration, stop
             health_event(tick)
         };
         tick += 1;
-        if let Err(error) = backend.publish(vec![event]).await {
+        let publication = Publication {
+            publisher: Publisher {
+                subject: "demo-publisher",
+                source: Source::Demo,
+                allowed: Allowed::Any,
+            },
+            events: vec![event],
+            replay_key: None,
+        };
+        if let Err(error) = node.publish(publication).await {
             tracing::debug!(%error, "demo publisher could not publish");
         }
     }

@@ -1,10 +1,12 @@
-//! `ApiError`: everything that can reach a client, mapped to HTTP in one `match`.
+//! `ApiError`: everything that can reach a client, mapped to HTTP in one place.
 //!
 //! Policy: statuses follow DESIGN.md (401 with `WWW-Authenticate: Bearer`, 403, 400,
-//! 413, 503). Bodies are JSON `{"error": "<stable reason>", "message": "<short
-//! text>"}`; messages are written here or come from our own validation types, never
-//! from internal errors, keys or tokens. Server-side failures are logged once, here,
-//! where they become responses; auth rejections are counted here by reason.
+//! 413, 429, 503, 504). Bodies are JSON `{"error": "<stable reason>", "message":
+//! "<short text>"}`; messages are written here or come from our own validation
+//! types, never from internal errors, keys or tokens. The node's typed errors keep
+//! their own reasons ([`PublishError::reason`], [`SubscribeError::reason`]); their
+//! statuses are decided here. Server-side failures are logged once, here, where they
+//! become responses; auth rejections and backend errors are counted here.
 
 use axum::Json;
 use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
@@ -13,10 +15,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::AuthError;
-use crate::backend::BackendError;
-use crate::event::InvalidEventType;
+use crate::body::BodyError;
+use crate::broker::BrokerError;
 use crate::limits::LimitError;
 use crate::metrics as m;
+use crate::node::{PublishError, SubscribeError};
 use crate::stream::InvalidStreamName;
 
 /// A request that cannot be served, as the client will see it.
@@ -32,24 +35,20 @@ pub enum ApiError {
     TooManyStreams { max: usize },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    #[error("invalid event type: {0}")]
-    InvalidEventType(#[from] InvalidEventType),
+    #[error(transparent)]
+    Body(#[from] BodyError),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("request body not received in time")]
     RequestTimeout,
-    #[error("this node serves as many event streams as limits.max_connections allows; try another node or later")]
-    ConnectionLimit,
     #[error("server is shutting down")]
     Draining,
-    #[error("{}", backend_message(.0))]
-    Backend(#[from] BackendError),
-    #[error("a request with this idempotency key is still being processed; retry shortly")]
-    InProgress,
-    #[error("this idempotency key was used with a different request")]
-    KeyReused,
     #[error(transparent)]
     Limited(#[from] LimitError),
+    #[error("{}", publish_message(.0))]
+    Publish(#[from] PublishError),
+    #[error("{}", subscribe_message(.0))]
+    Subscribe(#[from] SubscribeError),
     #[error("not found")]
     NotFound,
 }
@@ -60,24 +59,16 @@ impl ApiError {
         match self {
             Self::Auth(error) => error.reason(),
             Self::NoStream => "no_stream",
-            Self::InvalidStreamName(_) => "invalid_stream_name",
+            Self::InvalidStreamName(_) | Self::Body(BodyError::StreamName(_)) => "invalid_stream_name",
+            Self::Body(BodyError::EventType(_)) => "invalid_event_type",
             Self::TooManyStreams { .. } => "too_many_streams",
-            Self::InvalidRequest(_) => "invalid_request",
-            Self::InvalidEventType(_) => "invalid_event_type",
+            Self::InvalidRequest(_) | Self::Body(BodyError::Invalid(_)) => "invalid_request",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::RequestTimeout => "request_timeout",
-            Self::ConnectionLimit => "connection_limit",
             Self::Draining => "draining",
-            Self::Backend(BackendError::StreamLimit) => "stream_limit",
-            Self::Backend(BackendError::Unavailable(_)) => "backend_unavailable",
-            Self::Backend(BackendError::Timeout(_)) => "backend_timeout",
-            Self::InProgress => "request_in_progress",
-            Self::KeyReused => "idempotency_key_reused",
-            Self::Limited(LimitError::SubjectConnections { .. }) => "subject_connection_limit",
-            Self::Limited(LimitError::SubjectStreams { .. }) => "subject_stream_limit",
-            Self::Limited(LimitError::BodiesInFlight { .. }) => "bodies_in_flight_limit",
-            Self::Limited(LimitError::PublishRate { .. }) => "publish_rate_limit",
-            Self::Limited(LimitError::SubscribeRate { .. }) => "subscribe_rate_limit",
+            Self::Limited(error) => error.reason(),
+            Self::Publish(error) => error.reason(),
+            Self::Subscribe(error) => error.reason(),
             Self::NotFound => "not_found",
         }
     }
@@ -90,24 +81,100 @@ impl ApiError {
             | Self::InvalidStreamName(_)
             | Self::TooManyStreams { .. }
             | Self::InvalidRequest(_)
-            | Self::InvalidEventType(_) => StatusCode::BAD_REQUEST,
+            | Self::Body(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Limited(
-                LimitError::SubjectConnections { .. }
-                | LimitError::SubjectStreams { .. }
-                | LimitError::PublishRate { .. },
-            ) => StatusCode::TOO_MANY_REQUESTS,
-            Self::InProgress => StatusCode::CONFLICT,
-            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Backend(BackendError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            Self::ConnectionLimit
-            | Self::Draining
-            | Self::Backend(_)
-            | Self::Limited(LimitError::SubscribeRate { .. } | LimitError::BodiesInFlight { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Limited(error) => limit_status(*error),
+            Self::Publish(error) => publish_status(error),
+            Self::Subscribe(error) => subscribe_status(error),
             Self::NotFound => StatusCode::NOT_FOUND,
+        }
+    }
+
+    fn broker_error(&self) -> Option<&BrokerError> {
+        match self {
+            Self::Publish(PublishError::Broker(error)) | Self::Subscribe(SubscribeError::Broker(error)) => Some(error),
+            _ => None,
+        }
+    }
+
+    fn limit_error(&self) -> Option<LimitError> {
+        match self {
+            Self::Limited(error)
+            | Self::Publish(PublishError::Limited(error))
+            | Self::Subscribe(SubscribeError::Limited(error)) => Some(*error),
+            _ => None,
+        }
+    }
+}
+
+fn publish_status(error: &PublishError) -> StatusCode {
+    match error {
+        PublishError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+        PublishError::NotPermitted(_) => StatusCode::FORBIDDEN,
+        PublishError::EmptyBatch => StatusCode::BAD_REQUEST,
+        PublishError::BatchTooLarge { .. } | PublishError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        PublishError::Limited(error) => limit_status(*error),
+        PublishError::InProgress => StatusCode::CONFLICT,
+        PublishError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        PublishError::Broker(error) => broker_status(error),
+    }
+}
+
+fn subscribe_status(error: &SubscribeError) -> StatusCode {
+    match error {
+        SubscribeError::Draining | SubscribeError::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
+        SubscribeError::NotPermitted(_) => StatusCode::FORBIDDEN,
+        SubscribeError::Limited(error) => limit_status(*error),
+        SubscribeError::Broker(error) => broker_status(error),
+    }
+}
+
+fn limit_status(error: LimitError) -> StatusCode {
+    match error {
+        LimitError::SubjectConnections { .. } | LimitError::SubjectStreams { .. } | LimitError::PublishRate { .. } => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        LimitError::SubscribeRate { .. } | LimitError::BodiesInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn broker_status(error: &BrokerError) -> StatusCode {
+    match error {
+        BrokerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        BrokerError::StreamLimit | BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn publish_message(error: &PublishError) -> String {
+    match error {
+        PublishError::Broker(error) => broker_message(error).to_owned(),
+        PublishError::Draining => "server is shutting down".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+fn subscribe_message(error: &SubscribeError) -> String {
+    match error {
+        SubscribeError::Broker(error) => broker_message(error).to_owned(),
+        SubscribeError::Draining => "server is shutting down".to_owned(),
+        SubscribeError::ConnectionLimit => format!("{error}; try another node or later"),
+        _ => error.to_string(),
+    }
+}
+
+/// What a client is told about a backend failure: which limit, or whether the
+/// events were stored, never the internal detail.
+fn broker_message(error: &BrokerError) -> &'static str {
+    match error {
+        BrokerError::StreamLimit => {
+            "this node holds as many streams as limits.max_streams allows; no new stream fits until some are reclaimed"
+        }
+        BrokerError::Unavailable(_) => "the backend cannot take the events now; nothing was stored",
+        BrokerError::Timeout(_) => {
+            "the backend did not answer in time; the events may or may not be stored: retry with the same \
+             Idempotency-Key to publish them exactly once"
         }
     }
 }
@@ -116,23 +183,24 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let reason = self.reason();
-        let message = match &self {
+        if let Some(error) = self.broker_error() {
             // Backend detail stays in the log; the client gets the generic text.
-            Self::Backend(error) => {
-                metrics::counter!(m::BACKEND_ERRORS, "reason" => reason).increment(1);
-                match error {
-                    BackendError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
-                    BackendError::Timeout(detail) => tracing::error!(%detail, "backend did not answer in time"),
-                    BackendError::StreamLimit => tracing::warn!("limits.max_streams reached"),
-                }
-                self.to_string()
+            metrics::counter!(m::BACKEND_ERRORS, "reason" => reason).increment(1);
+            match error {
+                BrokerError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
+                BrokerError::Timeout(detail) => tracing::error!(%detail, "backend did not answer in time"),
+                BrokerError::StreamLimit => tracing::warn!("limits.max_streams reached"),
             }
-            Self::Auth(error) => {
-                metrics::counter!(m::AUTH_REJECTIONS, "reason" => reason).increment(1);
-                error.to_string()
-            }
-            _ => self.to_string(),
-        };
+        }
+        if matches!(
+            self,
+            Self::Auth(_)
+                | Self::Publish(PublishError::NotPermitted(_))
+                | Self::Subscribe(SubscribeError::NotPermitted(_))
+        ) {
+            metrics::counter!(m::AUTH_REJECTIONS, "reason" => reason).increment(1);
+        }
+        let message = self.to_string();
         let mut response = (status, Json(json!({ "error": reason, "message": message }))).into_response();
         let headers = response.headers_mut();
         if let Self::Auth(error) = &self
@@ -140,8 +208,8 @@ impl IntoResponse for ApiError {
         {
             headers.insert(WWW_AUTHENTICATE, www_authenticate(*error));
         }
-        let retry_after = match &self {
-            Self::Limited(LimitError::PublishRate { retry_after } | LimitError::SubscribeRate { retry_after }) => {
+        let retry_after = match self.limit_error() {
+            Some(LimitError::PublishRate { retry_after } | LimitError::SubscribeRate { retry_after }) => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             _ if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS => Some(1),
@@ -151,21 +219,6 @@ impl IntoResponse for ApiError {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
-    }
-}
-
-/// What a client is told about a backend failure: which limit, or whether the
-/// events were stored, never the internal detail.
-fn backend_message(error: &BackendError) -> &'static str {
-    match error {
-        BackendError::StreamLimit => {
-            "this node holds as many streams as limits.max_streams allows; no new stream fits until some are reclaimed"
-        }
-        BackendError::Unavailable(_) => "the backend cannot take the events now; nothing was stored",
-        BackendError::Timeout(_) => {
-            "the backend did not answer in time; the events may or may not be stored: retry with the same \
-             Idempotency-Key to publish them exactly once"
-        }
     }
 }
 

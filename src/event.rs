@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::stream::StreamName;
 
 /// Bits of an id below the millisecond timestamp.
-const SEQUENCE_BITS: u32 = 20;
+pub const SEQUENCE_BITS: u32 = 20;
 
 /// The gateway-assigned id of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -40,6 +40,25 @@ impl EventId {
     /// The first id a clock starting at `unix_millis` may issue, minus one.
     pub const fn floor_at_millis(unix_millis: u64) -> Self {
         Self(unix_millis << SEQUENCE_BITS)
+    }
+
+    /// The id of the `sequence`-th event of millisecond `millis`; `None` when either
+    /// part does not fit.
+    pub const fn from_parts(millis: u64, sequence: u64) -> Option<Self> {
+        if sequence >= 1 << SEQUENCE_BITS || millis >= 1 << (64 - SEQUENCE_BITS) {
+            return None;
+        }
+        Some(Self((millis << SEQUENCE_BITS) | sequence))
+    }
+
+    /// The millisecond part (Unix time when the id was issued, or later).
+    pub const fn millis(self) -> u64 {
+        self.0 >> SEQUENCE_BITS
+    }
+
+    /// The sequence within the millisecond.
+    pub const fn sequence(self) -> u64 {
+        self.0 & ((1 << SEQUENCE_BITS) - 1)
     }
 }
 
@@ -81,9 +100,16 @@ pub struct IdClock {
 
 impl IdClock {
     /// A clock whose ids start above every id a predecessor could have issued up to
-    /// and including the current millisecond (hence the `+ 1`).
+    /// and including the current millisecond. It waits (at most a millisecond) for
+    /// the next one to begin before it issues anything, so its ids never run ahead
+    /// of the wall clock: a successor started in the very millisecond of its last id
+    /// still starts above it.
     pub fn start_now() -> Self {
-        Self::start_at(EventId::floor_at_millis(unix_millis() + 1))
+        let start = unix_millis();
+        while unix_millis() <= start {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        Self::start_at(EventId::floor_at_millis(start + 1))
     }
 
     /// A clock whose first id is `floor + 1`.
@@ -214,6 +240,19 @@ mod tests {
         }
         let mut after = IdClock::start_at(EventId::floor_at_millis(5_001));
         assert!(after.next_id_at(5_001) > last);
+    }
+
+    #[test]
+    fn clocks_restarted_at_once_never_reuse_an_id() {
+        let mut last = EventId::ZERO;
+        for _ in 0..50 {
+            let mut clock = IdClock::start_now();
+            for _ in 0..3 {
+                let id = clock.next_id();
+                assert!(id > last, "{id} after {last}");
+                last = id;
+            }
+        }
     }
 
     #[test]

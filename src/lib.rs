@@ -1,52 +1,67 @@
 //! sse-gateway: an authenticated, multi-topic Server-Sent Events gateway.
 //!
-//! **Publish:** `POST /events` → [`api::publish`] authenticates (publish claim),
-//! parses and validates the whole batch → [`backend::Backend::publish`] assigns ids,
-//! appends to replay history and hands each once-encoded [`event::Frame`] to the
-//! local [`stream::StreamRegistry`] → every subscriber's bounded queue → 2xx reply.
+//! **Publish:** every way in (`POST /events` in [`api::publish`], webhooks in
+//! [`api::webhook`], the [`demo`] publisher) turns its input into validated
+//! [`event::NewEvent`]s and calls [`node::Node::publish`] once: draining check,
+//! permission, sizes, rate limit, replay keys, then [`broker::Broker::publish`]
+//! assigns ids and appends to history, and the broker pushes each once-encoded
+//! [`event::Frame`] into the local [`stream::StreamRegistry`] in id order → every
+//! subscriber's bounded queue; metrics and pacing, then the reply.
 //!
-//! **Subscribe:** `GET /events` → [`api::subscribe`] authenticates (subscribe claim
-//! covers every stream) → [`subscription::Subscription`] attaches live queues and
-//! reads the replay after `Last-Event-ID` in one step, sends a gap notice when
-//! completeness is unproven, drops duplicates at the seam, then streams live frames
-//! with heartbeats until disconnect, overflow, token expiry or shutdown.
+//! **Subscribe:** `GET /events` → [`api::subscribe`] authenticates and parses →
+//! [`node::Node::subscribe`]: admission (slots), attach a queue to the registry,
+//! [`broker::Broker::listen`], [`broker::Broker::read`], gap logic in [`history`]
+//! → a [`subscription::Subscription`] that writes the gap notice, the replay and
+//! live frames (dropping seam duplicates) with heartbeats until disconnect,
+//! overflow, token expiry or shutdown.
 //!
-//! The registry only fans out locally; the backend only stores and moves events;
-//! neither knows HTTP. Handlers translate HTTP to calls and results to HTTP.
+//! Dependencies point one way: handlers → node → broker → history / stream /
+//! event. The registry only fans out locally; brokers only assign ids, keep history
+//! and move events; neither knows HTTP.
 //!
 //! Modules:
-//! - [`config`]: the `config.toml` tree, environment overrides, validation.
+//! - [`config`]: the `config.toml` tree (one file per section), environment overrides, validation.
 //! - [`cli`]: `serve` and `token`.
-//! - [`server`]: `run` — state, router, ordered shutdown (used by `main` and tests).
-//! - [`app`]: `AppState` and the router with every route and layer.
+//! - [`server`]: `run` (state, router, ordered shutdown); the accept loop, the lean
+//!   event-stream path, the pool of non-event-stream connections.
+//! - [`state`]: `AppState`, the handlers' handle. [`router`]: every route and layer.
+//! - [`connection`]: a client connection as handlers see it.
 //! - [`shutdown`]: signals, draining flag, stream cancellation.
 //! - [`error`]: `ApiError` → HTTP status and body, the error policy.
-//! - [`auth`]: JWT verification, claims and patterns, token sources, minting.
+//! - [`auth`]: JWT verification, claims and patterns, token sources, minting, webhook secrets.
+//! - [`node`]: the one publish path and the one subscribe path.
+//! - [`broker`]: the `Broker` trait; `memory` and `redis`.
+//! - [`history`]: history reads and the gap logic.
 //! - [`stream`]: stream names, replay buffers, the local fan-out registry.
 //! - [`event`]: events, ids and the id-ordering contract.
-//! - [`limits`]: per-subject connection and publish-rate limits, node subscribe rate.
-//! - [`subscription`]: one connection from attach to end.
+//! - [`body`]: publish bodies (JSON, form) parsed into events.
+//! - [`limits`]: connection, subject, rate and body-budget limits.
+//! - [`idempotency`]: replies remembered by key.
+//! - [`subscription`]: one connection's event stream from first bytes to end.
 //! - [`sse`]: the wire format, encoded once.
-//! - [`backend`]: the `Backend` trait and the in-memory backend.
-//! - [`api`]: HTTP handlers (subscribe, publish, webhooks, health, demo page).
+//! - [`api`]: HTTP handlers (subscribe, publish, webhooks, health, metrics, demo page).
 //! - [`demo`]: the sample publisher behind the demo page.
-//! - [`metrics`]: metric names, recorder, HTTP layer, `/metrics`.
+//! - [`metrics`]: metric names, recorder, HTTP layer.
 
 pub mod api;
-pub mod app;
 pub mod auth;
-pub mod backend;
+pub mod body;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
+pub mod node;
+pub mod router;
 pub mod server;
 pub mod shutdown;
 pub mod sse;
+pub mod state;
 pub mod stream;
 pub mod subscription;

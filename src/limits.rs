@@ -1,6 +1,6 @@
-//! Abuse limits beyond the global ones: open event streams and the distinct streams
-//! they hold per subject, publish rate per subject, the node's rate of new event
-//! streams, and the bytes of request bodies being received at once.
+//! The node's limits: open event streams (per node, per subject) and the distinct
+//! streams they hold per subject, publish rate per subject, the node's rate of new
+//! event streams, and the bytes of request bodies being received at once.
 //!
 //! A subject is the token's `sub` claim, or the token itself when it has none. The
 //! rate limits are token buckets from `governor` (keyed per subject for publishing);
@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -17,6 +18,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LimitsConfig;
+use crate::metrics as m;
 use crate::stream::StreamName;
 
 /// A limit that refused a request.
@@ -32,6 +34,68 @@ pub enum LimitError {
     PublishRate { retry_after: Duration },
     #[error("this node is accepting new event streams too fast; retry shortly")]
     SubscribeRate { retry_after: Duration },
+}
+
+impl LimitError {
+    /// Stable machine-readable reason, for error bodies and metric labels.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::SubjectConnections { .. } => "subject_connection_limit",
+            Self::SubjectStreams { .. } => "subject_stream_limit",
+            Self::BodiesInFlight { .. } => "bodies_in_flight_limit",
+            Self::PublishRate { .. } => "publish_rate_limit",
+            Self::SubscribeRate { .. } => "subscribe_rate_limit",
+        }
+    }
+}
+
+/// Counts open event streams against `limits.max_connections`.
+#[derive(Debug)]
+pub struct ConnectionLimiter {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl ConnectionLimiter {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// A slot for one more connection, or `None` at the limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()?;
+        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+        Some(ConnectionSlot {
+            limiter: Arc::clone(self),
+        })
+    }
+}
+
+/// One held connection slot; released on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    limiter: Arc<ConnectionLimiter>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.limiter.open.fetch_sub(1, Ordering::AcqRel);
+        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// What a subscription holds against the node's limits; released when it ends.
+#[derive(Debug)]
+pub struct Slots {
+    pub connection: ConnectionSlot,
+    pub subject: SubjectSlot,
 }
 
 /// The limits of one node.

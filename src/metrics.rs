@@ -1,5 +1,5 @@
 //! Every metric the gateway exports (names prefixed `sse_`), the Prometheus
-//! recorder, the HTTP metrics layer and the `/metrics` handler.
+//! recorder and the HTTP metrics layer. `GET /metrics` is `api::metrics`.
 //!
 //! Labels stay bounded: route templates, methods, status codes and fixed reason
 //! strings. Never stream names, subjects or tokens.
@@ -11,14 +11,11 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-
-use crate::app::AppState;
 
 pub const CONNECTIONS_OPEN: &str = "sse_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "sse_connections_total";
@@ -55,6 +52,9 @@ pub const TCP_CLOSE_REASONS: &[&str] = &[
     "unexpected_input",
 ];
 
+/// Every `source` label of [`EVENTS_PUBLISHED`]: the ways in.
+pub const PUBLISH_SOURCES: &[&str] = &["http", "webhook", "demo"];
+
 /// Every `reason` label of [`DISCONNECTS`].
 pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "shutdown"];
 
@@ -69,7 +69,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// time), read from /proc at every scrape by `metrics-process`.
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
-fn collect_process_metrics() {
+/// Reads the `process_*` series now (called at every scrape).
+pub fn collect_process_metrics() {
     PROCESS
         .get_or_init(|| {
             let collector = metrics_process::Collector::default();
@@ -114,7 +115,7 @@ fn describe_all() {
     );
     describe_gauge!(STREAMS_SUBSCRIBED, "Streams with at least one subscriber on this node.");
     describe_gauge!(STREAMS_BUFFERED, "Streams holding replay history on this node.");
-    describe_counter!(EVENTS_PUBLISHED, "Events accepted by the backend.");
+    describe_counter!(EVENTS_PUBLISHED, "Events accepted, by the way they came in (source).");
     describe_counter!(PUBLISH_REJECTIONS, "Publish requests refused, by reason.");
     describe_counter!(EVENTS_DELIVERED, "Live events written to subscribers.");
     describe_counter!(EVENTS_REPLAYED, "Events written to subscribers from replay history.");
@@ -173,13 +174,15 @@ fn describe_all() {
 fn register_at_zero() {
     for name in [
         CONNECTIONS_TOTAL,
-        EVENTS_PUBLISHED,
         EVENTS_DELIVERED,
         EVENTS_REPLAYED,
         GAP_NOTICES,
         SLOW_CONSUMER_DISCONNECTS,
     ] {
         metrics::counter!(name).increment(0);
+    }
+    for source in PUBLISH_SOURCES {
+        metrics::counter!(EVENTS_PUBLISHED, "source" => *source).increment(0);
     }
     for reason in ["stream_limit", "backend_unavailable", "backend_timeout"] {
         metrics::counter!(BACKEND_ERRORS, "reason" => reason).increment(0);
@@ -209,24 +212,9 @@ fn register_at_zero() {
     }
 }
 
-/// Drains histogram buffers; called periodically so they do not grow between scrapes.
-pub fn run_upkeep(handle: &PrometheusHandle, state: &AppState) {
-    metrics::gauge!(STREAMS_SUBSCRIBED).set(state.registry.len() as f64);
-    handle.run_upkeep();
-}
-
-/// How often [`run_upkeep`] runs.
+/// How often the server drains histogram buffers (`PrometheusHandle::run_upkeep`)
+/// and the node refreshes its gauges, so nothing grows between scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// `GET /metrics`: Prometheus text format.
-pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    run_upkeep(&state.metrics, &state);
-    collect_process_metrics();
-    (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
-    )
-}
 
 /// Standard methods by name; anything else as `other`, keeping the label bounded.
 fn bounded_method(method: &axum::http::Method) -> &'static str {

@@ -1,11 +1,11 @@
 //! `Subscription`: one client connection and its streams, from attach to the end.
 //!
-//! Lifecycle: attach the live queue and read the replay through the backend (one
-//! atomic step), write the preamble (`retry:` and a comment) with the gap notice if
-//! any, then the replay in id order, then live frames, heartbeat comments in between.
-//! At the seam, live frames not newer than the last replayed id are dropped: they
-//! were in the replay. The stream ends on client disconnect, queue overflow, token
-//! expiry or shutdown; the subscription then detaches from every stream.
+//! The node attaches the live queue, reads the replay and decides gaps; this writes
+//! the preamble (`retry:` and a comment) with the gap notice if any, then the replay
+//! in id order, then live frames, heartbeat comments in between. At the seam, live
+//! frames not newer than [`Replay::seam`] are dropped: the client has them. The
+//! stream ends on client disconnect, queue overflow, token expiry or shutdown; the
+//! attachment then detaches from every stream.
 //!
 //! Frames are the once-encoded `Bytes` shared by all subscribers. When a subscriber
 //! is behind, pending frames are coalesced into one write of up to [`MAX_CHUNK_BYTES`].
@@ -13,7 +13,6 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -21,57 +20,15 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, Resume};
 use crate::event::{EventId, Frame};
-use crate::limits::SubjectSlot;
+use crate::history::Replay;
+use crate::limits::Slots;
 use crate::metrics as m;
 use crate::sse;
-use crate::stream::{QueueReceiver, StreamName, StreamRegistry, SubscriberQueue};
+use crate::stream::{Attachment, QueueReceiver};
 
 /// Largest single write assembled from pending frames.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Counts open event streams against `limits.max_connections`.
-#[derive(Debug)]
-pub struct ConnectionLimiter {
-    open: AtomicUsize,
-    max: usize,
-}
-
-impl ConnectionLimiter {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            open: AtomicUsize::new(0),
-            max,
-        })
-    }
-
-    /// A slot for one more connection, or `None` at the limit.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            })
-            .ok()?;
-        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
-        Some(ConnectionSlot {
-            limiter: Arc::clone(self),
-        })
-    }
-}
-
-/// One held connection slot; released on drop.
-#[derive(Debug)]
-pub struct ConnectionSlot {
-    limiter: Arc<ConnectionLimiter>,
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.limiter.open.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
-    }
-}
 
 /// Timing of an event stream.
 #[derive(Debug, Clone, Copy)]
@@ -82,20 +39,19 @@ pub struct StreamTiming {
     pub retry_jitter: Duration,
 }
 
-/// What a subscription holds against the node's limits; released when it ends.
+/// Everything a subscription is made of, gathered by the node.
 #[derive(Debug)]
-pub struct Slots {
-    pub connection: ConnectionSlot,
-    pub subject: SubjectSlot,
-}
-
-/// What a new subscription asks for.
-#[derive(Debug)]
-pub struct SubscriptionRequest {
-    pub streams: Vec<StreamName>,
-    pub resume: Option<Resume>,
+pub struct Parts {
+    /// The live queue's hold on its streams; released when the subscription ends.
+    pub attachment: Attachment,
+    pub receiver: QueueReceiver,
+    pub replay: Replay,
     /// When the token stops being valid; `None` keeps the stream open.
     pub close_at: Option<SystemTime>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    pub timing: StreamTiming,
+    pub slots: Slots,
 }
 
 /// Why an event stream ended, as a bounded metric label.
@@ -120,9 +76,7 @@ impl EndReason {
 
 /// One open event stream.
 pub struct Subscription {
-    backend: Arc<dyn Backend>,
-    streams: Vec<StreamName>,
-    queue: SubscriberQueue,
+    attachment: Attachment,
     receiver: QueueReceiver,
     opening: Option<Bytes>,
     /// Held frames still to write; dropped once written, so an idle connection does
@@ -143,48 +97,40 @@ pub struct Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("streams", &self.streams)
+            .field("streams", &self.attachment.streams())
             .finish_non_exhaustive()
     }
 }
 
 impl Subscription {
-    /// Attaches to the streams and prepares the replay.
-    ///
-    /// # Errors
-    /// [`BackendError`] when the backend cannot attach the subscriber.
-    pub async fn open(
-        backend: Arc<dyn Backend>,
-        registry: &StreamRegistry,
-        request: SubscriptionRequest,
-        timing: StreamTiming,
-        shutdown: CancellationToken,
-        close_connection: CancellationToken,
-        slots: Slots,
-    ) -> Result<Self, BackendError> {
-        let (queue, receiver) = registry.new_queue(close_connection);
-        let replay = backend.subscribe(&request.streams, &queue, request.resume).await?;
+    /// A subscription about to write its preamble, gap notice and replay.
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            attachment,
+            receiver,
+            replay,
+            close_at,
+            shutdown,
+            timing,
+            slots,
+        } = parts;
         let mut opening = BytesMut::from(&sse::encode_preamble(timing.retry)[..]);
         if !replay.gaps.is_empty() {
             opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps, replay.resumed_from));
             metrics::counter!(m::GAP_NOTICES).increment(1);
         }
-        // The larger of the resume id and the last replayed id: a node whose live
-        // feed lags behind history must not repeat what the client already has.
         let replayed_through = replay.seam();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
-        Ok(Self {
-            backend,
-            streams: request.streams,
-            queue,
+        Self {
+            attachment,
             receiver,
             opening: Some(opening.freeze()),
             replay: Some(replay.frames.into_iter()),
             replayed_through,
             heartbeat,
-            expiry: request.close_at.map(sleep_until_system_time),
+            expiry: close_at.map(sleep_until_system_time),
             shutdown,
             ended: None,
             delivered: metrics::counter!(m::EVENTS_DELIVERED),
@@ -192,7 +138,7 @@ impl Subscription {
             write_delay: metrics::histogram!(m::PUBLISH_TO_WRITE),
             timing,
             _slots: slots,
-        })
+        }
     }
 
     /// The response body: every chunk this subscription writes, until it ends.
@@ -204,7 +150,8 @@ impl Subscription {
         Body::from_stream(chunks)
     }
 
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    /// The next bytes to write, or `None` once the stream has ended.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(opening) = self.opening.take() {
             return Some(opening);
         }
@@ -218,7 +165,7 @@ impl Subscription {
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return self.end(EndReason::Shutdown),
-                () = self.queue.overflowed().cancelled() => return self.end(EndReason::SlowConsumer),
+                () = self.attachment.queue().overflowed().cancelled() => return self.end(EndReason::SlowConsumer),
                 () = until_expiry(&mut self.expiry) => return self.end(EndReason::TokenExpired),
                 frame = self.receiver.recv() => {
                     // `None` only after every stream dropped this queue, i.e. overflow.
@@ -226,7 +173,7 @@ impl Subscription {
                     if let Some(chunk) = self.next_live_chunk(frame) {
                         return Some(chunk);
                     }
-                    if self.queue.overflowed().is_cancelled() {
+                    if self.attachment.queue().overflowed().is_cancelled() {
                         return self.end(EndReason::SlowConsumer);
                     }
                 }
@@ -269,7 +216,7 @@ impl Subscription {
             }
             next = self.receiver.try_recv();
         }
-        if self.queue.overflowed().is_cancelled() {
+        if self.attachment.queue().overflowed().is_cancelled() {
             return None;
         }
         if let Some(oldest) = oldest {
@@ -302,7 +249,6 @@ impl Drop for Subscription {
         if self.ended.is_none() {
             metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
         }
-        self.backend.unsubscribe(&self.streams, &self.queue);
     }
 }
 
@@ -355,16 +301,15 @@ async fn until_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::MemoryBackend;
     use crate::config::Config;
     use crate::event::NewEvent;
-    use crate::limits::Limiter;
+    use crate::history::Resume;
+    use crate::node::{Allowed, Node, Publication, Publisher, Source, SubscribeRequest};
+    use crate::stream::StreamName;
 
     #[tokio::test]
     async fn the_replay_list_is_released_once_written() {
-        let config = Config::default();
-        let registry = Arc::new(StreamRegistry::new(10, 64));
-        let backend = MemoryBackend::start(&config, Arc::clone(&registry));
+        let node = Node::start(&Config::default(), Default::default()).unwrap();
         let stream = StreamName::try_new("a").unwrap();
         let events = (0..100)
             .map(|i| NewEvent {
@@ -373,34 +318,31 @@ mod tests {
                 data: i.to_string(),
             })
             .collect();
-        let ids = backend.publish(events).await.unwrap();
-        let slots = Slots {
-            connection: ConnectionLimiter::new(10).try_acquire().unwrap(),
-            subject: Limiter::from_config(&config.limits)
-                .admit_stream("s", std::slice::from_ref(&stream))
-                .unwrap(),
+        let publisher = Publisher {
+            subject: "test",
+            source: Source::Http,
+            allowed: Allowed::Any,
         };
-        let request = SubscriptionRequest {
-            streams: vec![stream],
-            resume: Some(Resume::After(ids[0])),
-            close_at: None,
-        };
-        let timing = StreamTiming {
-            heartbeat: Duration::from_secs(60),
-            retry: Duration::from_secs(1),
-            retry_jitter: Duration::ZERO,
-        };
-        let mut subscription = Subscription::open(
-            backend,
-            &registry,
-            request,
-            timing,
-            CancellationToken::new(),
-            CancellationToken::new(),
-            slots,
-        )
-        .await
-        .unwrap();
+        let ids = node
+            .publish(Publication {
+                publisher,
+                events,
+                replay_key: None,
+            })
+            .await
+            .unwrap();
+        let any = [crate::auth::StreamPattern::Any];
+        let mut subscription = node
+            .subscribe(SubscribeRequest {
+                subject: "s",
+                allowed: &any,
+                streams: vec![stream],
+                resume: Some(Resume::After(ids[0])),
+                close_at: None,
+                close_connection: CancellationToken::new(),
+            })
+            .await
+            .unwrap();
         assert!(subscription.replay.is_some());
         let opening = subscription.next_chunk().await.unwrap();
         assert!(opening.starts_with(b"retry:"));

@@ -9,11 +9,10 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::mint::mint;
 use crate::auth::{Claims, StreamPattern};
-use crate::demo::DEMO_STREAMS;
-use crate::server::DEMO_SUBJECT;
+use crate::demo::{DEMO_STREAMS, DEMO_SUBJECT};
+use crate::state::AppState;
 
 const PAGE: &str = include_str!("../../assets/demo.html");
 const CONFIG_PLACEHOLDER: &str = "/*SSE_DEMO_CONFIG*/null";

@@ -5,17 +5,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    if state.shutdown.is_draining() {
+    if state.node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })));
     }
-    if !state.backend.is_ready() {
+    if !state.node.broker_is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "backend_unavailable" })),

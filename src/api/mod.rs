@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod health;
+pub mod metrics;
 pub mod publish;
 pub mod subscribe;
 pub mod webhook;
@@ -17,11 +18,11 @@ use axum::response::{IntoResponse as _, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 
-use crate::app::AppState;
 use crate::auth::Verified;
 use crate::auth::extract::{TokenSources, find_token};
 use crate::error::ApiError;
 use crate::limits::{BodyBudget, BodyPermit};
+use crate::state::AppState;
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without exactly one `Host` header is a
 /// bad request, on hyper's path and on the lean event-stream path alike.

@@ -7,22 +7,21 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::authenticate;
-use crate::app::AppState;
-use crate::auth::AuthError;
 use crate::auth::extract::TokenSources;
-use crate::backend::Resume;
 use crate::connection::ClientConnection;
 use crate::error::ApiError;
 use crate::event::EventId;
+use crate::history::Resume;
 use crate::metrics as m;
+use crate::node::SubscribeRequest;
+use crate::state::AppState;
 use crate::stream::StreamName;
-use crate::subscription::{Slots, Subscription, SubscriptionRequest};
 
 /// Header browsers send when they reconnect.
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
-/// Authenticates, checks every stream against the `subscribe` claim and the limits,
-/// then streams replay and live events.
+/// Authenticates and parses the request, subscribes through the node, then
+/// streams replay and live events.
 pub async fn open_subscription(
     State(state): State<AppState>,
     client: Option<Extension<ClientConnection>>,
@@ -31,7 +30,10 @@ pub async fn open_subscription(
 ) -> Result<Response, ApiError> {
     let client = client.map(|Extension(client)| client).unwrap_or_default();
     let result = open(&state, &headers, query.as_deref(), &client).await;
-    if let Err(error) = &result {
+    // The node counts its own refusals.
+    if let Err(error) = &result
+        && !matches!(error, ApiError::Subscribe(_))
+    {
         metrics::counter!(m::CONNECTIONS_REJECTED, "reason" => error.reason()).increment(1);
     }
     result
@@ -43,7 +45,7 @@ async fn open(
     query: Option<&str>,
     client: &ClientConnection,
 ) -> Result<Response, ApiError> {
-    if state.shutdown.is_draining() {
+    if state.node.is_draining() {
         return Err(ApiError::Draining);
     }
     let sources = TokenSources {
@@ -51,35 +53,19 @@ async fn open(
     };
     let verified = authenticate(state, headers, query, sources)?;
     let params = SubscribeParams::parse(query, state.config.limits.max_streams_per_connection)?;
-    if !params
-        .streams
-        .iter()
-        .all(|stream| verified.claims.may_subscribe(stream))
-    {
-        return Err(AuthError::StreamNotPermitted.into());
-    }
-    let subject = state.limiter.admit_stream(&verified.subject, &params.streams)?;
-    let connection = state.connections.try_acquire().ok_or(ApiError::ConnectionLimit)?;
-    let resume = header_resume(headers).or(params.resume);
     let close_at = verified
         .expires_at
         .filter(|_| state.config.auth.close_on_expiry)
         .and_then(|at| at.checked_add(state.config.auth.leeway));
-    let request = SubscriptionRequest {
+    let request = SubscribeRequest {
+        subject: &verified.subject,
+        allowed: &verified.claims.subscribe,
         streams: params.streams,
-        resume,
+        resume: header_resume(headers).or(params.resume),
         close_at,
+        close_connection: client.close_token().clone(),
     };
-    let subscription = Subscription::open(
-        state.backend.clone(),
-        &state.registry,
-        request,
-        state.stream_timing(),
-        state.shutdown.token().clone(),
-        client.close_token().clone(),
-        Slots { connection, subject },
-    )
-    .await?;
+    let subscription = state.node.subscribe(request).await?;
     client.mark_event_stream();
     let headers = [
         (CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),

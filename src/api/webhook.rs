@@ -14,14 +14,15 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::publish::{check_event_size, compact_json};
 use super::read_body;
-use crate::app::AppState;
 use crate::auth::webhook::Proof;
+use crate::body::compact_json;
 use crate::error::ApiError;
 use crate::event::NewEvent;
-use crate::idempotency::{Claim, StoredReply, fingerprint};
+use crate::idempotency::fingerprint;
 use crate::metrics as m;
+use crate::node::{Allowed, Publication, Publisher, ReplayKey, Source};
+use crate::state::AppState;
 use crate::stream::StreamName;
 
 /// Verifies the hook's secret, then publishes the body as one event on the hook's
@@ -42,7 +43,7 @@ pub async fn receive_webhook(
 }
 
 async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    if state.shutdown.is_draining() {
+    if state.node.is_draining() {
         return Err(ApiError::Draining);
     }
     let stream = StreamName::try_new(stream)?;
@@ -59,39 +60,32 @@ async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body
     let delivery = state.webhooks.verify(&stream, &proof, headers, &body.bytes)?;
     let raw: &RawValue = serde_json::from_slice(&body.bytes)
         .map_err(|error| ApiError::InvalidRequest(format!("webhook body is not JSON: {error}")))?;
-    let data = compact_json(raw.get());
-    check_event_size(&data, limits.max_event_bytes)?;
     let event = NewEvent {
         stream: stream.clone(),
         event_type: delivery.hook.event_type(headers),
-        data,
+        data: compact_json(raw.get()),
     };
-    let claim = match delivery.replay_key {
-        Some(key) => {
-            let print = fingerprint(&[
-                event.event_type.as_ref().map_or("", |t| t.as_str()).as_bytes(),
-                &body.bytes,
-            ]);
-            match state.webhook_deliveries.claim(format!("{stream}\n{key}"), print) {
-                Claim::New(guard) => Some(guard),
-                Claim::Replay(reply) => return Ok(id_reply(&reply)),
-                Claim::InProgress => return Err(ApiError::InProgress),
-                Claim::Conflict => return Err(ApiError::KeyReused),
-            }
-        }
-        None => None,
+    let replay_key = delivery.replay_key.map(|key| ReplayKey {
+        key: format!("webhook\n{stream}\n{key}"),
+        fingerprint: fingerprint(&[
+            event.event_type.as_ref().map_or("", |t| t.as_str()).as_bytes(),
+            &body.bytes,
+        ]),
+    });
+    let subject = format!("webhook:{stream}");
+    let publisher = Publisher {
+        subject: &subject,
+        source: Source::Webhook,
+        allowed: Allowed::Stream(&stream),
     };
-    let ids = state.backend.publish(vec![event]).await?;
-    metrics::counter!(m::EVENTS_PUBLISHED).increment(1);
-    let reply = StoredReply { ids, batch: false };
-    let response = id_reply(&reply);
-    if let Some(claim) = claim {
-        claim.complete(reply);
-    }
-    Ok(response)
-}
-
-fn id_reply(reply: &StoredReply) -> Response {
-    let id = reply.ids.first().map(ToString::to_string);
-    Json(json!({ "id": id })).into_response()
+    let ids = state
+        .node
+        .publish(Publication {
+            publisher,
+            events: vec![event],
+            replay_key,
+        })
+        .await?;
+    let id = ids.first().map(ToString::to_string);
+    Ok(Json(json!({ "id": id })).into_response())
 }

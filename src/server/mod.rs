@@ -15,21 +15,18 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpSocket};
 
-use crate::app::{self, AppState};
 use crate::auth::keys::hs256_secret;
 use crate::auth::mint::SigningKey;
 use crate::auth::webhook::{WebhookError, Webhooks};
 use crate::auth::{KeyError, Verifier};
-use crate::backend::{Backend, BackendError, MemoryBackend, RedisBackend};
-use crate::config::Algorithm;
-use crate::config::{BackendKind, Config};
-use crate::demo::{self, DEMO_STREAMS};
-use crate::idempotency::IdempotencyCache;
-use crate::limits::{BodyBudget, Limiter, SubjectLimits};
+use crate::broker::BrokerError;
+use crate::config::{Algorithm, Config};
+use crate::demo::{self, DEMO_STREAMS, DEMO_SUBJECT};
+use crate::limits::{BodyBudget, SubjectLimits};
 use crate::metrics;
-use crate::shutdown::Shutdown;
-use crate::stream::StreamRegistry;
-use crate::subscription::ConnectionLimiter;
+use crate::node::Node;
+use crate::router;
+use crate::state::AppState;
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +36,7 @@ pub enum ServerError {
     #[error(transparent)]
     Webhooks(#[from] WebhookError),
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    Backend(#[from] BrokerError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -68,10 +65,6 @@ impl Listeners {
         Ok(Self { main, metrics })
     }
 }
-
-/// Webhook deliveries remembered at once (each about 200 bytes); only verified
-/// deliveries are remembered, so only holders of a hook's secret can fill it.
-const WEBHOOK_DELIVERIES_REMEMBERED: usize = 100_000;
 
 /// Pending-connection queue of the listening sockets. Tokio's default (1024) makes a
 /// reconnect storm of thousands of clients overflow it, and every dropped SYN costs
@@ -105,20 +98,20 @@ pub async fn run(
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let state = build_state(config)?;
-    let shutdown = state.shutdown.clone();
+    let shutdown = state.node.shutdown().clone();
     let grace = state.config.server.shutdown_grace;
 
     let upkeep = tokio::spawn(upkeep_periodically(state.clone()));
     if state.config.demo.publisher {
         tokio::spawn(demo::publish_samples(
-            state.backend.clone(),
+            state.node.clone(),
             state.config.demo.publish_interval,
             shutdown.token().clone(),
         ));
     }
     let settings = http_settings(&state.config);
     let metrics_server = listeners.metrics.map(|listener| {
-        let router = app::metrics_router(state.clone());
+        let router = router::metrics_router(state.clone());
         tokio::spawn(http::serve(listener, router, settings, shutdown.token().clone()))
     });
     // Draining first (readyz fails, publishes get 503), ending every event stream
@@ -132,7 +125,7 @@ pub async fn run(
     };
     let serve = http::serve(
         listeners.main,
-        app::router(state.clone()),
+        router::router(state.clone()),
         settings,
         shutdown.token().clone(),
     );
@@ -149,7 +142,7 @@ pub async fn run(
         metrics_server.abort();
     }
     upkeep.abort();
-    state.backend.close().await;
+    state.node.close().await;
     tracing::info!("shut down");
     Ok(())
 }
@@ -198,9 +191,6 @@ pub fn raise_open_file_limit() -> Option<u64> {
     }
 }
 
-/// The subject of the demo page's token; its connection limit is `demo.max_connections`.
-pub(crate) const DEMO_SUBJECT: &str = "demo-page";
-
 fn build_state(config: Config) -> Result<AppState, ServerError> {
     let verifier = Verifier::from_config(&config.auth)?;
     let webhooks = Webhooks::from_config(&config.webhooks.hooks)?;
@@ -210,27 +200,14 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         }
         _ => None,
     };
-    let registry = Arc::new(StreamRegistry::new(
-        config.limits.max_streams,
-        config.limits.subscriber_queue,
-    ));
-    let backend: Arc<dyn Backend> = match config.backend.kind {
-        BackendKind::Memory => MemoryBackend::start(&config, Arc::clone(&registry)),
-        BackendKind::Redis => RedisBackend::start(&config, Arc::clone(&registry))?,
-    };
     // Every visitor of the demo page shares its token: keep what it can hold small.
     let demo_limits = SubjectLimits {
         max_connections: config.demo.max_connections,
         max_streams: DEMO_STREAMS.len(),
     };
-    let demo_limit = HashMap::from([(format!("sub:{DEMO_SUBJECT}"), demo_limits)]);
+    let node = Node::start(&config, HashMap::from([(format!("sub:{DEMO_SUBJECT}"), demo_limits)]))?;
     Ok(AppState {
-        connections: ConnectionLimiter::new(config.limits.max_connections),
-        limiter: Limiter::with_overrides(&config.limits, demo_limit),
-        webhook_deliveries: Arc::new(IdempotencyCache::new(
-            config.webhooks.replay_window,
-            WEBHOOK_DELIVERIES_REMEMBERED,
-        )),
+        node,
         publish_bodies: Arc::new(BodyBudget::new(
             config.limits.max_body_bytes_in_flight,
             "limits.max_body_bytes_in_flight",
@@ -241,9 +218,6 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         )),
         config: Arc::new(config),
         verifier: Arc::new(verifier),
-        backend,
-        registry,
-        shutdown: Shutdown::new(),
         metrics: metrics::install_recorder(),
         webhooks: Arc::new(webhooks),
         demo_signer,
@@ -254,7 +228,7 @@ async fn upkeep_periodically(state: AppState) {
     let mut ticks = tokio::time::interval(metrics::UPKEEP_INTERVAL);
     loop {
         ticks.tick().await;
-        metrics::run_upkeep(&state.metrics, &state);
-        state.limiter.retain_recent();
+        state.node.upkeep();
+        state.metrics.run_upkeep();
     }
 }

@@ -5,5 +5,5 @@ pub mod registry;
 pub mod replay;
 
 pub use name::{InvalidStreamName, StreamName};
-pub use registry::{QueueReceiver, RegistryError, StreamRegistry, SubscriberQueue};
+pub use registry::{Attachment, QueueReceiver, RegistryError, StreamRegistry, SubscriberQueue};
 pub use replay::ReplayBuffer;

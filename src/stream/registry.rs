@@ -121,11 +121,29 @@ impl StreamRegistry {
         (queue, QueueReceiver { receiver, queued })
     }
 
+    /// Adds `queue` to every one of `streams`, or to none of them; the returned
+    /// attachment detaches it again when dropped.
+    ///
+    /// # Errors
+    /// [`RegistryError::StreamLimit`] when a new stream does not fit.
+    pub fn attach(
+        self: &Arc<Self>,
+        streams: &[StreamName],
+        queue: &SubscriberQueue,
+    ) -> Result<Attachment, RegistryError> {
+        self.attach_all(streams, queue)?;
+        Ok(Attachment {
+            registry: Arc::clone(self),
+            streams: streams.to_vec(),
+            queue: queue.clone(),
+        })
+    }
+
     /// Adds `queue` to `stream`'s subscribers, creating the stream if needed.
     ///
     /// # Errors
     /// [`RegistryError::StreamLimit`] when the stream is new and the registry is full.
-    pub fn attach(&self, stream: &StreamName, queue: &SubscriberQueue) -> Result<(), RegistryError> {
+    pub fn attach_one(&self, stream: &StreamName, queue: &SubscriberQueue) -> Result<(), RegistryError> {
         if !self.streams.contains_key(stream) && self.streams.len() >= self.max_streams {
             return Err(RegistryError::StreamLimit);
         }
@@ -143,7 +161,7 @@ impl StreamRegistry {
     /// attached so far are detached again.
     pub fn attach_all(&self, streams: &[StreamName], queue: &SubscriberQueue) -> Result<(), RegistryError> {
         for (attached, stream) in streams.iter().enumerate() {
-            if let Err(error) = self.attach(stream, queue) {
+            if let Err(error) = self.attach_one(stream, queue) {
                 self.detach(&streams[..attached], queue);
                 return Err(error);
             }
@@ -191,6 +209,30 @@ impl StreamRegistry {
     }
 }
 
+/// A queue attached to some streams; detached when dropped.
+#[derive(Debug)]
+pub struct Attachment {
+    registry: Arc<StreamRegistry>,
+    streams: Vec<StreamName>,
+    queue: SubscriberQueue,
+}
+
+impl Attachment {
+    pub fn streams(&self) -> &[StreamName] {
+        &self.streams
+    }
+
+    pub fn queue(&self) -> &SubscriberQueue {
+        &self.queue
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.registry.detach(&self.streams, &self.queue);
+    }
+}
+
 fn record_removed(count: usize) {
     if count > 0 {
         metrics::gauge!(m::SUBSCRIPTIONS_OPEN).decrement(count as f64);
@@ -223,11 +265,10 @@ mod tests {
         let registry = StreamRegistry::new(10, 4);
         let (queue, _rx) = registry.new_queue(CancellationToken::new());
         let streams = [name("a"), name("b")];
-        for stream in &streams {
-            registry.attach(stream, &queue).unwrap();
-        }
+        let registry = Arc::new(registry);
+        let attachment = registry.attach(&streams, &queue).unwrap();
         assert_eq!(registry.len(), 2);
-        registry.detach(&streams, &queue);
+        drop(attachment);
         assert!(registry.is_empty());
     }
 
@@ -235,10 +276,10 @@ mod tests {
     fn the_stream_limit_refuses_new_streams_only() {
         let registry = StreamRegistry::new(1, 4);
         let (queue, _rx) = registry.new_queue(CancellationToken::new());
-        registry.attach(&name("a"), &queue).unwrap();
-        assert_eq!(registry.attach(&name("b"), &queue), Err(RegistryError::StreamLimit));
+        registry.attach_one(&name("a"), &queue).unwrap();
+        assert_eq!(registry.attach_one(&name("b"), &queue), Err(RegistryError::StreamLimit));
         let (other, _rx2) = registry.new_queue(CancellationToken::new());
-        registry.attach(&name("a"), &other).unwrap();
+        registry.attach_one(&name("a"), &other).unwrap();
     }
 
     #[test]
@@ -258,8 +299,8 @@ mod tests {
         let (slow, _slow_rx) = registry.new_queue(CancellationToken::new());
         let (fast, mut fast_rx) = registry.new_queue(CancellationToken::new());
         let stream = name("a");
-        registry.attach(&stream, &slow).unwrap();
-        registry.attach(&stream, &fast).unwrap();
+        registry.attach_one(&stream, &slow).unwrap();
+        registry.attach_one(&stream, &fast).unwrap();
         for id in 1..=3 {
             registry.deliver(&stream, &frame(id));
             assert_eq!(fast_rx.try_recv().unwrap().id, EventId::from_u64(id));

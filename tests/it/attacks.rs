@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::support::binary::{BIN, GatewayProcess};
 use crate::support::server::SECRET;
-use crate::support::{TestServer, test_config, within};
+use crate::support::{TestServer, read_head, test_config, within};
 
 /// The HTTP/2 connection preface and an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -103,13 +103,8 @@ async fn raw_event_stream(server: &TestServer) -> TcpStream {
         server.token(&["*"], &[])
     );
     socket.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0_u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(within("response head", socket.read(&mut byte)).await.unwrap(), 1);
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let head = read_head(&mut socket).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     socket
 }
 
@@ -130,14 +125,7 @@ async fn a_client_flooding_its_own_event_stream_is_disconnected() {
 async fn raw_status(server: &TestServer, request: &[u8]) -> String {
     let mut socket = TcpStream::connect(server.addr).await.unwrap();
     socket.write_all(request).await.unwrap();
-    let mut response = Vec::new();
-    let mut buffer = [0_u8; 1024];
-    while !response.windows(2).any(|w| w == b"\r\n") {
-        let read = within("a status line", socket.read(&mut buffer)).await.unwrap();
-        assert!(read > 0, "closed without a response");
-        response.extend_from_slice(&buffer[..read]);
-    }
-    String::from_utf8_lossy(&response).lines().next().unwrap().to_owned()
+    read_head(&mut socket).await.lines().next().unwrap().to_owned()
 }
 
 #[tokio::test]

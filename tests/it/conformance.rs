@@ -1,161 +1,264 @@
-//! One suite, both backends: the delivery contract must not depend on which backend
-//! runs. Each scenario runs once on the memory backend and once on a real Redis.
+//! The backend conformance suite: every contract scenario of DESIGN.md's "Event ids
+//! and replay" and "Delivery guarantee", run through the node's one publish path and
+//! one subscribe path (no HTTP) over every backend. A new backend joins with one
+//! line at the bottom: `conformance!(name, Deployment::…)`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use serde_json::json;
+use futures::future::join_all;
+use serde_json::Value;
 use sse_gateway::config::Config;
+use sse_gateway::node::PublishError;
 
-use crate::redis::{node, redis_config};
-use crate::support::redis::RedisServer;
-use crate::support::{SseEvent, TestServer, test_config, within};
-
-/// Runs `scenario` with a node of each backend, configured by `adjust`.
-macro_rules! on_both_backends {
-    ($name:ident, $adjust:expr, $scenario:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test]
-            async fn memory() {
-                let mut config = test_config();
-                ($adjust)(&mut config);
-                ($scenario)(Arc::new(TestServer::start(config).await)).await;
-            }
-
-            #[tokio::test]
-            async fn redis() {
-                let redis = RedisServer::start().await;
-                let mut config = redis_config(&redis.url());
-                ($adjust)(&mut config);
-                ($scenario)(Arc::new(node(config).await)).await;
-            }
-        }
-    };
-}
+use crate::support::node::{Deployment, publish, subscribe, try_publish};
+use crate::support::{SseEvent, within};
 
 fn ids(events: &[SseEvent]) -> Vec<String> {
     events.iter().map(|e| e.id.clone().expect("event id")).collect()
 }
 
+fn numeric(ids: &[String]) -> Vec<u64> {
+    ids.iter().map(|id| id.parse().expect("a decimal id")).collect()
+}
+
 fn defaults(_: &mut Config) {}
-
-on_both_backends!(
-    resume_replays_missed_events_of_all_streams_in_id_order,
-    defaults,
-    |server: Arc<TestServer>| async move {
-        let mut all = Vec::new();
-        for i in 0..9 {
-            all.push(server.publish(["a", "b", "c"][i % 3], None, json!(i)).await);
-        }
-        let mut resumed = server.subscribe(&["a", "c"], Some(&all[1])).await;
-        let expected: Vec<String> = [2, 3, 5, 6, 8].iter().map(|&i| all[i].clone()).collect();
-        assert_eq!(ids(&resumed.events(5).await), expected);
-    }
-);
-
-on_both_backends!(
-    the_replay_live_seam_loses_and_duplicates_nothing,
-    defaults,
-    |server: Arc<TestServer>| async move {
-        let first = server.publish("seam", None, json!("start")).await;
-        let publisher = {
-            let server = server.clone();
-            tokio::spawn(async move {
-                let mut ids = Vec::new();
-                for i in 0..200 {
-                    ids.push(server.publish("seam", None, json!(i)).await);
-                }
-                ids
-            })
-        };
-        let mut resumed = server.subscribe(&["seam"], Some(&first)).await;
-        let published = within("publisher", publisher).await.unwrap();
-        assert_eq!(ids(&resumed.events(published.len()).await), published);
-    }
-);
 
 fn small_buffer(config: &mut Config) {
     config.streams.buffer_size = 3;
 }
 
-on_both_backends!(evicted_history_earns_a_gap_notice, small_buffer, |server: Arc<
-    TestServer,
->| async move {
+/// Ids are unique and strictly increasing across streams, in request order.
+async fn ids_increase_across_streams_and_batches(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut all = Vec::new();
+    for round in 0..5 {
+        let batch = try_publish(&node, &[("i.a", "1"), ("i.b", "2"), ("i.a", "3")])
+            .await
+            .unwrap();
+        all.extend(batch.iter().map(|id| id.as_u64()));
+        all.push(publish(&node, "i.c", &round.to_string()).await.parse().unwrap());
+    }
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+}
+
+/// A batch is stored all or nothing: one refused event stores none.
+async fn a_refused_batch_stores_nothing(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut subscriber = subscribe(&node, &["batch"], None).await;
+    let too_big = "x".repeat(deployment.config.limits.max_event_bytes + 1);
+    let refused = try_publish(&node, &[("batch", "fine"), ("batch", &too_big)]).await;
+    assert!(
+        matches!(refused, Err(PublishError::EventTooLarge { .. })),
+        "{refused:?}"
+    );
+    let marker = publish(&node, "batch", "marker").await;
+    assert_eq!(subscriber.next_event().await.id, Some(marker));
+}
+
+/// One id resumes every stream of a connection, in id order.
+async fn resume_replays_missed_events_of_all_streams_in_id_order(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut all = Vec::new();
+    for i in 0..9 {
+        all.push(publish(&node, ["a", "b", "c"][i % 3], &i.to_string()).await);
+    }
+    let mut resumed = subscribe(&node, &["a", "c"], Some(&all[1])).await;
+    let expected: Vec<String> = [2, 3, 5, 6, 8].iter().map(|&i| all[i].clone()).collect();
+    let events = resumed.events(5).await;
+    assert!(events.iter().all(|e| e.event == "message"), "no gap notice");
+    assert_eq!(ids(&events), expected);
+}
+
+/// Publishing while a client resumes: every event exactly once, in order.
+async fn the_replay_live_seam_loses_and_duplicates_nothing(deployment: Deployment) {
+    let node = deployment.node().await;
+    let first = publish(&node, "seam", "start").await;
+    let publisher = {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..200 {
+                ids.push(publish(&node, "seam", &i.to_string()).await);
+            }
+            ids
+        })
+    };
+    let mut resumed = subscribe(&node, &["seam"], Some(&first)).await;
+    let published = within("publisher", publisher).await.unwrap();
+    assert_eq!(ids(&resumed.events(published.len()).await), published);
+}
+
+/// Concurrent publishers on several streams reach a subscriber in global id order.
+async fn concurrent_publishers_reach_subscribers_in_id_order(deployment: Deployment) {
+    let node = deployment.node().await;
+    let streams = ["p0", "p1", "p2"];
+    let mut subscriber = subscribe(&node, &streams, None).await;
+    let publishers = streams.iter().map(|stream| {
+        let node = Arc::clone(&node);
+        async move {
+            for i in 0..40 {
+                publish(&node, stream, &format!("{stream}:{i}")).await;
+            }
+        }
+    });
+    join_all(publishers).await;
+    let events = subscriber.events(120).await;
+    let numeric = numeric(&ids(&events));
+    assert!(numeric.windows(2).all(|w| w[0] < w[1]), "global id order");
+    for stream in streams {
+        let sequence: Vec<u32> = events
+            .iter()
+            .filter_map(|e| e.data.strip_prefix(&format!("{stream}:")))
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(sequence, (0..40).collect::<Vec<_>>(), "publish order of {stream}");
+    }
+}
+
+/// Evicted history earns a gap notice naming the stream, then what is held; at the
+/// eviction boundary the replay is still provably complete.
+async fn evicted_history_earns_a_gap_notice(deployment: Deployment) {
+    let node = deployment.node().await;
     let mut published = Vec::new();
     for i in 0..6 {
-        published.push(server.publish("g", None, json!(i)).await);
+        published.push(publish(&node, "g", &i.to_string()).await);
     }
-    let mut resumed = server.subscribe(&["g"], Some(&published[0])).await;
-    assert_eq!(resumed.next_event().await.event, "gap");
+    let mut resumed = subscribe(&node, &["g", "quiet"], Some(&published[0])).await;
+    let gap = resumed.next_event().await;
+    assert_eq!(gap.event, "gap");
+    assert_eq!(gap.id.as_deref(), Some(published[0].as_str()), "the resume id");
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["streams"], serde_json::json!(["g"]), "only the affected stream");
     assert_eq!(ids(&resumed.events(3).await), published[3..]);
-    let mut exact = server.subscribe(&["g"], Some(&published[2])).await;
+    let mut exact = subscribe(&node, &["g"], Some(&published[2])).await;
     assert_eq!(ids(&exact.events(3).await), published[3..], "no gap at the boundary");
-});
+}
 
-on_both_backends!(
-    concurrent_publishers_reach_subscribers_in_id_order,
-    defaults,
-    |server: Arc<TestServer>| async move {
-        let streams = ["p0", "p1", "p2"];
-        let mut subscriber = server.subscribe(&streams, None).await;
-        let publishers: Vec<_> = streams
-            .iter()
-            .map(|stream| {
-                let (server, stream) = (server.clone(), (*stream).to_owned());
-                tokio::spawn(async move {
-                    for i in 0..40 {
-                        server.publish(&stream, None, json!(format!("{stream}:{i}"))).await;
+/// An id that means nothing here: gap notice with an empty id, then all history.
+async fn an_unusable_resume_id_gets_a_gap_notice_with_an_empty_id_then_everything_held(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut published = Vec::new();
+    for i in 0..3 {
+        published.push(publish(&node, "u", &i.to_string()).await);
+    }
+    // Above every id issued, beyond u64, and not a number at all.
+    for resume in ["18446744073709551615", "99999999999999999999999", "abc"] {
+        let mut resumed = subscribe(&node, &["u"], Some(resume)).await;
+        let gap = resumed.next_event().await;
+        assert_eq!(gap.event, "gap", "{resume}");
+        assert_eq!(gap.id.as_deref(), Some(""), "`nothing received`, not {resume}");
+        assert_eq!(ids(&resumed.events(3).await), published, "{resume}");
+    }
+}
+
+/// Resuming from the newest id replays nothing and sends no gap notice; the next
+/// event arrives live.
+async fn resuming_from_the_newest_id_replays_nothing(deployment: Deployment) {
+    let node = deployment.node().await;
+    let newest = publish(&node, "n", "newest").await;
+    let mut resumed = subscribe(&node, &["n", "other"], Some(&newest)).await;
+    let next = publish(&node, "other", "live").await;
+    let event = resumed.next_event().await;
+    assert_eq!((event.event.as_str(), event.id), ("message", Some(next)));
+}
+
+/// After every node restarts: exact on a durable backend, a gap notice otherwise;
+/// ids keep increasing either way.
+async fn a_restart_loses_nothing_silently(deployment: Deployment) {
+    let node = deployment.node().await;
+    let published = [publish(&node, "r", "1").await, publish(&node, "r", "2").await];
+    node.close().await;
+    drop(node);
+    let restarted = deployment.node().await;
+    let mut resumed = subscribe(&restarted, &["r"], Some(&published[0])).await;
+    let next = publish(&restarted, "r", "3").await;
+    let (last_before, after) = (published[1].parse::<u64>().unwrap(), next.parse::<u64>().unwrap());
+    assert!(after > last_before, "ids keep increasing: {published:?} then {next}");
+    if deployment.is_durable() {
+        assert_eq!(ids(&resumed.events(2).await), [published[1].clone(), next]);
+    } else {
+        let gap = resumed.next_event().await;
+        assert_eq!(gap.event, "gap", "volatile history: announced, never silent");
+        assert_eq!(resumed.next_event().await.id, Some(next));
+    }
+}
+
+/// History lost by the backend is announced to resuming clients.
+async fn lost_history_is_announced(deployment: Deployment) {
+    let node = deployment.node().await;
+    let before = publish(&node, "l", "before").await;
+    publish(&node, "l", "lost").await;
+    deployment.lose_history();
+    let node = if deployment.is_durable() {
+        node
+    } else {
+        // An in-memory node loses its history by restarting.
+        deployment.node().await
+    };
+    let mut resumed = subscribe(&node, &["l"], Some(&before)).await;
+    assert_eq!(resumed.next_event().await.event, "gap");
+}
+
+/// On a shared backend a client resumes every stream on another node.
+async fn a_client_resumes_on_another_node(deployment: Deployment) {
+    if !deployment.is_shared() {
+        return;
+    }
+    let (a, b) = (deployment.node().await, deployment.node().await);
+    let mut all = Vec::new();
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        all.push(publish(node, ["x", "y", "z"][i % 3], &i.to_string()).await);
+    }
+    let mut resumed = subscribe(&b, &["x", "y"], Some(&all[0])).await;
+    assert_eq!(
+        ids(&resumed.events(3).await),
+        [all[1].clone(), all[3].clone(), all[4].clone()]
+    );
+    let live = publish(&a, "y", "live").await;
+    assert_eq!(resumed.next_event().await.id, Some(live));
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "ids are unique across nodes");
+}
+
+/// Runs every scenario on one backend; `$deployment` builds a fresh one per
+/// scenario from a configuration adjustment.
+macro_rules! conformance {
+    ($backend:ident, $deployment:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! scenario {
+                ($name:ident, $adjust:expr) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        super::$name($deployment($adjust).await).await;
                     }
-                })
-            })
-            .collect();
-        for publisher in publishers {
-            within("publisher", publisher).await.unwrap();
-        }
-        let events = subscriber.events(120).await;
-        let numeric: Vec<u64> = ids(&events).iter().map(|id| id.parse().unwrap()).collect();
-        assert!(numeric.windows(2).all(|w| w[0] < w[1]), "global id order");
-        for stream in streams {
-            let sequence: Vec<u32> = events
-                .iter()
-                .filter_map(|e| e.data.strip_prefix(&format!("{stream}:")))
-                .map(|n| n.parse().unwrap())
-                .collect();
-            assert_eq!(sequence, (0..40).collect::<Vec<_>>());
-        }
-    }
-);
+                };
+            }
 
-on_both_backends!(
-    an_invalid_batch_stores_nothing,
-    defaults,
-    |server: Arc<TestServer>| async move {
-        let mut subscriber = server.subscribe(&["batch"], None).await;
-        let (status, _) = server
-            .post_json(&json!([{"stream":"batch","data":1},{"stream":"bad name","data":2}]))
-            .await;
-        assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
-        let marker = server.publish("batch", None, json!("marker")).await;
-        assert_eq!(subscriber.next_event().await.id, Some(marker));
-    }
-);
+            scenario!(ids_increase_across_streams_and_batches, defaults);
+            scenario!(a_refused_batch_stores_nothing, defaults);
+            scenario!(resume_replays_missed_events_of_all_streams_in_id_order, defaults);
+            scenario!(the_replay_live_seam_loses_and_duplicates_nothing, defaults);
+            scenario!(concurrent_publishers_reach_subscribers_in_id_order, defaults);
+            scenario!(evicted_history_earns_a_gap_notice, small_buffer);
+            scenario!(
+                an_unusable_resume_id_gets_a_gap_notice_with_an_empty_id_then_everything_held,
+                defaults
+            );
+            scenario!(resuming_from_the_newest_id_replays_nothing, defaults);
+            scenario!(a_restart_loses_nothing_silently, defaults);
+            scenario!(lost_history_is_announced, defaults);
+            scenario!(a_client_resumes_on_another_node, defaults);
+        }
+    };
+}
 
-on_both_backends!(
-    an_unusable_resume_id_gets_a_gap_notice_with_an_empty_id_then_everything_held,
-    defaults,
-    |server: Arc<TestServer>| async move {
-        let mut published = Vec::new();
-        for i in 0..3 {
-            published.push(server.publish("u", None, json!(i)).await);
-        }
-        // Above every id issued, beyond u64, and not a number at all.
-        for resume in ["18446744073709551615", "99999999999999999999999", "abc"] {
-            let mut resumed = server.subscribe(&["u"], Some(resume)).await;
-            let gap = resumed.next_event().await;
-            assert_eq!(gap.event, "gap", "{resume}");
-            assert_eq!(gap.id.as_deref(), Some(""), "`nothing received`, not {resume}");
-            assert_eq!(ids(&resumed.events(3).await), published, "{resume}");
-        }
-    }
-);
+async fn memory(adjust: fn(&mut Config)) -> Deployment {
+    Deployment::memory(adjust)
+}
+
+conformance!(memory, memory);
+conformance!(redis, Deployment::redis);

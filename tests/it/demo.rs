@@ -103,3 +103,19 @@ async fn the_shared_demo_token_holds_few_connections_and_only_the_demo_streams()
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_demo_publishers_events_are_counted_as_published() {
+    let mut config = test_config();
+    config.demo.publisher = true;
+    config.demo.publish_interval = std::time::Duration::from_millis(20);
+    let server = TestServer::start(config).await;
+    let mut stream = server.subscribe(&["demo.servers", "demo.ci"], None).await;
+    let series = "sse_events_published_total{source=\"demo\"}";
+    let before = server.metric(series).await;
+    stream.events(3).await;
+    assert!(
+        server.metric(series).await >= before + 3.0,
+        "through the node's publish path"
+    );
+}

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::server::token_with;
-use crate::support::{Item, SseStream, TestServer, test_config, within};
+use crate::support::{Item, SseStream, TestServer, read_head, test_config, within};
 
 #[tokio::test]
 async fn one_subject_cannot_hold_more_than_its_share_of_connections() {
@@ -105,14 +105,7 @@ async fn publish_bodies_sent_slowly_time_out_with_408() {
         server.token(&[], &["*"])
     );
     socket.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    let mut buffer = [0_u8; 1024];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = within("a 408 response", socket.read(&mut buffer)).await.unwrap();
-        assert!(read > 0, "connection closed without a response");
-        response.extend_from_slice(&buffer[..read]);
-    }
-    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 408"));
+    assert!(read_head(&mut socket).await.starts_with("HTTP/1.1 408"));
 }
 
 #[tokio::test]

@@ -2,10 +2,10 @@
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{TestServer, within};
+use crate::support::{TestServer, read_head, within};
 
 #[tokio::test]
 async fn health_and_readiness_answer_ok() {
@@ -24,18 +24,6 @@ async fn unknown_routes_and_methods_are_client_errors() {
     assert_eq!(response.json::<Value>().await.unwrap()["error"], "not_found");
     let response = server.http.delete(server.url("/events")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-}
-
-/// Reads from `socket` until the end of a response head.
-async fn read_head(socket: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0_u8; 1];
-        let read = within("response head", socket.read(&mut byte)).await.unwrap();
-        assert_eq!(read, 1, "connection closed before a response head");
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
 }
 
 #[tokio::test]

@@ -12,10 +12,10 @@ use serde_json::Value;
 use sha2::Sha256;
 use sse_gateway::config::{Config, Secret, WebhookConfig, WebhookProvider};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::{TestServer, test_config, within};
+use crate::support::{TestServer, read_head, test_config, within};
 
 fn hooks_config() -> Config {
     let mut config = test_config();
@@ -226,14 +226,7 @@ async fn stalled_upload(server: &TestServer, path: &str, headers: &[(&str, &str)
 }
 
 async fn response_status(socket: &mut TcpStream) -> String {
-    let mut response = Vec::new();
-    let mut buffer = [0_u8; 1024];
-    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let read = within("a response", socket.read(&mut buffer)).await.unwrap();
-        assert!(read > 0, "connection closed without a response");
-        response.extend_from_slice(&buffer[..read]);
-    }
-    String::from_utf8_lossy(&response).lines().next().unwrap().to_owned()
+    read_head(socket).await.lines().next().unwrap().to_owned()
 }
 
 #[tokio::test]

@@ -24,10 +24,10 @@ pub enum Item {
     Retry(u64),
 }
 
-/// A response body read as SSE.
+/// A response body (or a subscription's chunks) read as SSE.
 pub struct SseStream {
     pub headers: reqwest::header::HeaderMap,
-    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    body: BoxStream<'static, Result<Bytes, String>>,
     buffer: String,
     pending: std::collections::VecDeque<Item>,
     id: Option<String>,
@@ -38,9 +38,18 @@ pub struct SseStream {
 
 impl SseStream {
     pub fn new(response: reqwest::Response) -> Self {
+        let headers = response.headers().clone();
+        let body = response
+            .bytes_stream()
+            .map(|chunk| chunk.map_err(|error| error.to_string()));
+        Self::from_chunks(headers, body.boxed())
+    }
+
+    /// Reads SSE from any stream of chunks (a subscription's, in node-level tests).
+    pub fn from_chunks(headers: reqwest::header::HeaderMap, body: BoxStream<'static, Result<Bytes, String>>) -> Self {
         Self {
-            headers: response.headers().clone(),
-            body: response.bytes_stream().boxed(),
+            headers,
+            body,
             buffer: String::new(),
             pending: Default::default(),
             id: None,

@@ -1,15 +1,15 @@
-//! `MemoryBackend`: the embedded default. Ids from an [`IdClock`], history in
-//! per-stream [`ReplayBuffer`]s, fan-out straight into the local registry.
+//! `MemoryBroker`: the embedded default. Ids from an [`IdClock`], history in
+//! per-stream [`ReplayBuffer`]s, events pushed straight into the local registry.
 //!
-//! One sequencer mutex orders every publish and every attach. Holding it while an
+//! One sequencer mutex orders every publish and every read. Holding it while an
 //! event gets its id, joins its history and reaches the subscriber queues makes all
-//! queues see events in id order; holding it while a subscriber attaches and reads
-//! the replay makes the replay/live seam exact. The critical section does no I/O
-//! and no allocation per subscriber, so one lock is cheaper than the reordering a
-//! sharded design would need.
+//! queues see events in id order; reading under it gives a read that is a prefix of
+//! that order, which is what makes listen-then-read exact. The critical section does
+//! no I/O and no allocation per subscriber, so one lock is cheaper than the
+//! reordering a sharded design would need.
 //!
-//! Durability: none. A restarted node starts a new id range above the old one and
-//! answers resumes from before the restart with a gap notice.
+//! Durability: none. A restarted node starts a new id range above the old one, so
+//! resumes from before the restart cannot be proven complete (gap notice).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -19,16 +19,17 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, Replay, Resume};
+use super::{Broker, BrokerError};
 use crate::config::Config;
 use crate::event::{EventId, Frame, IdClock, NewEvent};
+use crate::history::{HistoryRead, StreamHistory};
 use crate::metrics as m;
 use crate::sse;
-use crate::stream::{ReplayBuffer, StreamName, StreamRegistry, SubscriberQueue};
+use crate::stream::{ReplayBuffer, StreamName, StreamRegistry};
 
-/// The in-process backend.
+/// The in-process broker.
 #[derive(Debug)]
-pub struct MemoryBackend {
+pub struct MemoryBroker {
     sequencer: Mutex<IdClock>,
     histories: DashMap<StreamName, ReplayBuffer>,
     /// What a reclaimed history knew (`known_after`), per stream, so a stream that
@@ -44,8 +45,8 @@ pub struct MemoryBackend {
     sweeper: CancellationToken,
 }
 
-impl MemoryBackend {
-    /// Creates the backend and starts its sweeper, which evicts expired events and
+impl MemoryBroker {
+    /// Creates the broker and starts its sweeper, which evicts expired events and
     /// reclaims empty histories every `streams.sweep_interval`.
     pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Arc<Self> {
         let clock = IdClock::start_now();
@@ -83,7 +84,7 @@ impl MemoryBackend {
     }
 
     /// Refuses a batch that would create more histories than `limits.max_streams`.
-    fn check_stream_limit(&self, events: &[NewEvent]) -> Result<(), BackendError> {
+    fn check_stream_limit(&self, events: &[NewEvent]) -> Result<(), BrokerError> {
         let mut new_streams: Vec<&StreamName> = events
             .iter()
             .map(|event| &event.stream)
@@ -92,7 +93,7 @@ impl MemoryBackend {
         new_streams.sort_unstable();
         new_streams.dedup();
         if self.histories.len() + new_streams.len() > self.max_streams {
-            return Err(BackendError::StreamLimit);
+            return Err(BrokerError::StreamLimit);
         }
         Ok(())
     }
@@ -110,32 +111,32 @@ impl MemoryBackend {
             .push(frame);
     }
 
-    /// Replay for `streams` after `resume`, read under the sequencer lock.
-    fn read_replay(&self, streams: &[StreamName], resume: Resume, last_issued: EventId) -> Replay {
-        let (after, recognised) = match resume {
-            Resume::After(id) if id <= last_issued => (id, true),
-            Resume::After(_) | Resume::Unrecognised => (EventId::ZERO, false),
-        };
+    /// History of `streams` after `after`, read under the sequencer lock.
+    fn read_history(&self, streams: &[StreamName], after: EventId, last_issued: EventId) -> HistoryRead {
+        // An id never issued reads everything held (the node sends a gap notice).
+        let after = if after > last_issued { EventId::ZERO } else { after };
         let now = Instant::now();
-        let mut replay = Replay::default();
-        for stream in streams {
-            let complete = match self.histories.get_mut(stream) {
+        let streams = streams
+            .iter()
+            .map(|stream| match self.histories.get_mut(stream) {
                 Some(mut history) => {
                     history.evict_expired(now);
-                    replay.frames.extend(history.events_after(after).cloned());
-                    history.is_complete_after(after)
+                    StreamHistory {
+                        name: stream.clone(),
+                        known_after: history.known_after(),
+                        frames: history.events_after(after).cloned().collect(),
+                    }
                 }
                 // Read after the lookup: a reclaim that removed the history wrote
                 // its tombstone first.
-                None => after >= self.known_after_without_history(stream),
-            };
-            if !complete || !recognised {
-                replay.gaps.push(stream.clone());
-            }
-        }
-        replay.frames.sort_unstable_by_key(|frame| frame.id);
-        replay.resumed_from = recognised.then_some(after);
-        replay
+                None => StreamHistory {
+                    name: stream.clone(),
+                    known_after: self.known_after_without_history(stream),
+                    frames: Vec::new(),
+                },
+            })
+            .collect();
+        HistoryRead { last_issued, streams }
     }
 
     /// Evicts expired events and reclaims histories left empty, leaving a tombstone
@@ -166,7 +167,7 @@ impl MemoryBackend {
     }
 }
 
-async fn sweep_periodically(backend: Weak<MemoryBackend>, every: Duration, stop: CancellationToken) {
+async fn sweep_periodically(backend: Weak<MemoryBroker>, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -182,8 +183,8 @@ async fn sweep_periodically(backend: Weak<MemoryBackend>, every: Duration, stop:
 }
 
 #[async_trait]
-impl Backend for MemoryBackend {
-    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BackendError> {
+impl Broker for MemoryBroker {
+    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BrokerError> {
         let mut clock = self.lock_sequencer();
         self.check_stream_limit(&events)?;
         let published_at = Instant::now();
@@ -202,21 +203,14 @@ impl Backend for MemoryBackend {
         Ok(ids)
     }
 
-    async fn subscribe(
-        &self,
-        streams: &[StreamName],
-        queue: &SubscriberQueue,
-        resume: Option<Resume>,
-    ) -> Result<Replay, BackendError> {
-        let clock = self.lock_sequencer();
-        self.registry.attach_all(streams, queue)?;
-        Ok(resume.map_or_else(Replay::default, |resume| {
-            self.read_replay(streams, resume, clock.last())
-        }))
+    async fn listen(&self, _streams: &[StreamName]) -> Result<(), BrokerError> {
+        // Every publish reaches the registry under the sequencer lock.
+        Ok(())
     }
 
-    fn unsubscribe(&self, streams: &[StreamName], queue: &SubscriberQueue) {
-        self.registry.detach(streams, queue);
+    async fn read(&self, streams: &[StreamName], after: EventId) -> Result<HistoryRead, BrokerError> {
+        let clock = self.lock_sequencer();
+        Ok(self.read_history(streams, after, clock.last()))
     }
 
     fn is_ready(&self) -> bool {
@@ -232,11 +226,11 @@ impl Backend for MemoryBackend {
 mod tests {
     use super::*;
 
-    fn backend(ttl: Duration, max_streams: usize) -> Arc<MemoryBackend> {
+    fn backend(ttl: Duration, max_streams: usize) -> Arc<MemoryBroker> {
         let mut config = Config::default();
         config.streams.buffer_ttl = ttl;
         config.limits.max_streams = max_streams;
-        MemoryBackend::start(&config, Arc::new(StreamRegistry::new(10, 8)))
+        MemoryBroker::start(&config, Arc::new(StreamRegistry::new(10, 8)))
     }
 
     fn event(stream: &str) -> NewEvent {
@@ -247,15 +241,10 @@ mod tests {
         }
     }
 
-    async fn gaps(backend: &MemoryBackend, stream: &str, after: EventId) -> Vec<StreamName> {
-        let (queue, _rx) = backend.registry.new_queue(CancellationToken::new());
+    async fn gaps(backend: &MemoryBroker, stream: &str, after: EventId) -> Vec<StreamName> {
         let streams = [StreamName::try_new(stream).unwrap()];
-        let replay = backend
-            .subscribe(&streams, &queue, Some(Resume::After(after)))
-            .await
-            .unwrap();
-        backend.unsubscribe(&streams, &queue);
-        replay.gaps
+        let read = backend.read(&streams, after).await.unwrap();
+        crate::history::resolve(read, crate::history::Resume::After(after)).gaps
     }
 
     #[tokio::test]

@@ -1,60 +1,17 @@
-//! `AppState` (a cheap `Clone` handle) and `router()`: every route and layer in one place.
-
-use std::sync::Arc;
+//! `router()`: every route and layer in one place.
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, Request, header};
 use axum::routing::{get, post};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::api::{self, demo, health, publish, subscribe, webhook};
-use crate::auth::Verifier;
 use crate::auth::extract::redacted_query;
-use crate::auth::mint::SigningKey;
-use crate::auth::webhook::Webhooks;
-use crate::backend::Backend;
 use crate::config::Config;
 use crate::error;
-use crate::idempotency::IdempotencyCache;
-use crate::limits::{BodyBudget, Limiter};
 use crate::metrics;
-use crate::shutdown::Shutdown;
-use crate::stream::StreamRegistry;
-use crate::subscription::{ConnectionLimiter, StreamTiming};
-
-/// Everything a handler needs; clones share the same node.
-#[derive(Debug, Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub verifier: Arc<Verifier>,
-    pub backend: Arc<dyn Backend>,
-    pub registry: Arc<StreamRegistry>,
-    pub connections: Arc<ConnectionLimiter>,
-    pub limiter: Arc<Limiter>,
-    pub shutdown: Shutdown,
-    pub metrics: PrometheusHandle,
-    pub webhooks: Arc<Webhooks>,
-    /// Verified webhook deliveries, so a replay publishes nothing again.
-    pub webhook_deliveries: Arc<IdempotencyCache>,
-    /// Bytes of publish bodies (and verified-before-read webhooks) being received.
-    pub publish_bodies: Arc<BodyBudget>,
-    /// Bytes of webhook bodies received before their signature can be checked.
-    pub unverified_bodies: Arc<BodyBudget>,
-    /// Signs the demo page's subscribe-only token (HS256 only).
-    pub demo_signer: Option<Arc<SigningKey>>,
-}
-
-impl AppState {
-    pub fn stream_timing(&self) -> StreamTiming {
-        StreamTiming {
-            heartbeat: self.config.server.heartbeat_interval,
-            retry: self.config.server.retry,
-            retry_jitter: self.config.server.retry_jitter,
-        }
-    }
-}
+use crate::state::AppState;
 
 /// The public router: events, health, and `/metrics` unless it has its own address.
 pub fn router(state: AppState) -> Router {
@@ -72,7 +29,7 @@ pub fn router(state: AppState) -> Router {
             .route("/demo", get(demo::demo_page));
     }
     if state.config.metrics.enabled && state.config.metrics.addr.is_none() {
-        router = router.route("/metrics", get(metrics::render_metrics));
+        router = router.route("/metrics", get(api::metrics::render_metrics));
     }
     let cors = cors_layer(&state.config);
     let router = router
@@ -92,7 +49,7 @@ pub fn router(state: AppState) -> Router {
 /// The router of the separate metrics listener (`metrics.addr`).
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics::render_metrics))
+        .route("/metrics", get(api::metrics::render_metrics))
         .fallback(error::not_found)
         .with_state(state)
 }

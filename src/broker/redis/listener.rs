@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
@@ -21,11 +21,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Shared, encode_frame, id_from_redis, id_to_redis};
-use crate::backend::BackendError;
+use crate::broker::BrokerError;
 use crate::config::RedisConfig;
-use crate::event::{EventId, Frame};
+use crate::event::EventId;
+use crate::history;
 use crate::metrics as m;
-use crate::sse;
 use crate::stream::StreamName;
 
 /// Requests from the backend to its listener.
@@ -34,7 +34,7 @@ pub(super) enum ListenerCommand {
     /// Subscribe to these streams' channels; reply once Redis confirmed.
     Subscribe {
         streams: Vec<StreamName>,
-        reply: oneshot::Sender<Result<(), BackendError>>,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
     },
 }
 
@@ -93,9 +93,9 @@ impl Listener {
         }
     }
 
-    async fn subscribe(&mut self, streams: &[StreamName]) -> Result<(), BackendError> {
+    async fn subscribe(&mut self, streams: &[StreamName]) -> Result<(), BrokerError> {
         let Some(sink) = &mut self.sink else {
-            return Err(BackendError::Unavailable("Redis notification link is down".to_owned()));
+            return Err(BrokerError::Unavailable("Redis notification link is down".to_owned()));
         };
         let new: Vec<&StreamName> = streams.iter().filter(|s| !self.channels.contains(*s)).collect();
         if new.is_empty() {
@@ -107,8 +107,8 @@ impl Listener {
                 self.channels.extend(new.into_iter().cloned());
                 Ok(())
             }
-            Ok(Err(error)) => Err(BackendError::Unavailable(format!("redis subscribe: {error}"))),
-            Err(_) => Err(BackendError::Unavailable("redis subscribe timed out".to_owned())),
+            Ok(Err(error)) => Err(BrokerError::Unavailable(format!("redis subscribe: {error}"))),
+            Err(_) => Err(BrokerError::Unavailable("redis subscribe timed out".to_owned())),
         }
     }
 
@@ -213,7 +213,8 @@ impl Listener {
     }
 
     /// Delivers what history holds after the cursor on every subscribed stream, in
-    /// id order, and gap notices where it cannot. Returns whether Redis answered.
+    /// id order, and gap notices where it cannot (the node's gap logic, through
+    /// [`history::catch_up`]). Returns whether Redis answered.
     async fn recover(&mut self) -> bool {
         let streams: Vec<StreamName> = self.channels.iter().cloned().collect();
         let cursor = self.cursor.unwrap_or(EventId::ZERO);
@@ -230,21 +231,14 @@ impl Listener {
             return true;
         };
         let epoch_changed = known_epoch != history.epoch;
-        let mut missed: Vec<(&StreamName, &Arc<Frame>)> = Vec::new();
-        for stream in &history.streams {
-            if epoch_changed || !history.is_complete_after(stream, cursor) {
-                metrics::counter!(m::GAP_NOTICES).increment(1);
-                self.shared
-                    .registry
-                    .deliver(&stream.name, &Arc::new(gap_frame(&stream.name, cursor)));
+        let mut read = history.into_read();
+        if epoch_changed {
+            // Redis lost its data: nothing before now can be proven complete.
+            for stream in &mut read.streams {
+                stream.known_after = EventId::MAX;
             }
-            missed.extend(stream.frames.iter().map(|frame| (&stream.name, frame)));
         }
-        missed.sort_unstable_by_key(|(_, frame)| frame.id);
-        for (stream, frame) in missed {
-            self.shared.registry.deliver(stream, frame);
-        }
-        self.cursor = Some(cursor.max(history.last_issued));
+        self.cursor = Some(history::catch_up(&read, cursor, &self.shared.registry));
         true
     }
 
@@ -291,20 +285,9 @@ async fn next_message(messages: &mut Option<PubSubStream>) -> Option<redis::Msg>
     }
 }
 
-/// A gap notice for the live subscribers of one stream, carrying `delivered_through`
-/// (every earlier event was already queued for them). Not an event: its frame id
-/// sorts after every id at the replay seam.
-fn gap_frame(stream: &StreamName, delivered_through: EventId) -> Frame {
-    Frame {
-        id: EventId::MAX,
-        published_at: Instant::now(),
-        bytes: sse::encode_gap_notice(std::slice::from_ref(stream), Some(delivered_through)),
-    }
-}
-
 /// Seconds between the event's id timestamp (Redis clock) and now (local clock).
 fn lag_seconds(id: EventId) -> f64 {
-    let id_ms = id.as_u64() >> super::SEQUENCE_BITS;
+    let id_ms = id.millis();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));

@@ -1,4 +1,4 @@
-//! `RedisBackend`: ids and history in Redis, so any number of nodes share one
+//! `RedisBroker`: ids and history in Redis, so any number of nodes share one
 //! ordered history and a client may resume on any node.
 //!
 //! Publish runs one Lua script that assigns ids (from a Redis Stream's `ms-seq`
@@ -7,8 +7,8 @@
 //! publishes a notification, atomically. Each node's [`listener`] subscribes to the
 //! channels of the streams its own subscribers need, receives notifications in id
 //! order on one connection, encodes each event once and feeds the local registry.
-//! A subscriber attaches locally, waits for the channel subscription, then reads the
-//! replay in one atomic script; the subscription drops seam duplicates by id.
+//! `listen` waits for the channel subscription, `read` is one atomic script over
+//! several streams, so listen-then-read is exact (the node drops seam duplicates).
 //!
 //! Faults: publishes and new subscriptions answer 503 while Redis is unreachable;
 //! `/readyz` fails; connected subscribers stay connected; when the link returns, the
@@ -29,32 +29,26 @@ use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backend, BackendError, Replay, Resume};
+use super::{Broker, BrokerError};
 use crate::config::Config;
 use crate::event::{EventId, EventType, Frame, NewEvent};
+use crate::history::{HistoryRead, StreamHistory as StreamRead};
 use crate::sse;
-use crate::stream::{StreamName, StreamRegistry, SubscriberQueue};
+use crate::stream::{StreamName, StreamRegistry};
 
 use listener::{Listener, ListenerCommand};
 
-/// Bits of an [`EventId`] below the millisecond part, as in `event.rs`.
-const SEQUENCE_BITS: u32 = 20;
-
 /// A Redis Stream id `ms-seq` as a gateway id.
-fn id_from_redis(text: &str) -> Result<EventId, BackendError> {
-    let invalid = || BackendError::Unavailable(format!("unexpected Redis stream id `{text}`"));
+fn id_from_redis(text: &str) -> Result<EventId, BrokerError> {
+    let invalid = || BrokerError::Unavailable(format!("unexpected Redis stream id `{text}`"));
     let (ms, seq) = text.split_once('-').ok_or_else(invalid)?;
     let (ms, seq): (u64, u64) = (ms.parse().map_err(|_| invalid())?, seq.parse().map_err(|_| invalid())?);
-    if seq >= 1 << SEQUENCE_BITS || ms >= 1 << (64 - SEQUENCE_BITS) {
-        return Err(invalid());
-    }
-    Ok(EventId::from_u64((ms << SEQUENCE_BITS) | seq))
+    EventId::from_parts(ms, seq).ok_or_else(invalid)
 }
 
 /// A gateway id as a Redis Stream id.
 fn id_to_redis(id: EventId) -> String {
-    let raw = id.as_u64();
-    format!("{}-{}", raw >> SEQUENCE_BITS, raw & ((1 << SEQUENCE_BITS) - 1))
+    format!("{}-{}", id.millis(), id.sequence())
 }
 
 /// Key names for one prefix.
@@ -93,10 +87,10 @@ struct Connections {
 }
 
 impl Connections {
-    fn get(&self) -> Result<ConnectionManager, BackendError> {
+    fn get(&self) -> Result<ConnectionManager, BrokerError> {
         let managers = self.managers.lock().unwrap_or_else(PoisonError::into_inner);
         if managers.is_empty() {
-            return Err(BackendError::Unavailable("not connected to Redis".to_owned()));
+            return Err(BrokerError::Unavailable("not connected to Redis".to_owned()));
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % managers.len();
         Ok(managers[index].clone())
@@ -132,12 +126,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn unavailable(error: &redis::RedisError) -> BackendError {
-        BackendError::Unavailable(format!("redis: {error}"))
+    fn unavailable(error: &redis::RedisError) -> BrokerError {
+        BrokerError::Unavailable(format!("redis: {error}"))
     }
 
     /// Runs the replay script for `streams` after `after`.
-    async fn read_history(&self, streams: &[StreamName], after: &str) -> Result<History, BackendError> {
+    async fn read_history(&self, streams: &[StreamName], after: &str) -> Result<RedisHistory, BrokerError> {
         let mut connection = self.connections.get()?;
         let mut invocation = self.replay_script.prepare_invoke();
         invocation
@@ -156,13 +150,13 @@ impl Shared {
             .invoke_async(&mut connection)
             .await
             .map_err(|error| Self::unavailable(&error))?;
-        History::parse(&value)
+        RedisHistory::parse(&value)
     }
 }
 
-/// One consistent read of several streams' history.
+/// One consistent read of several streams' history, as the script returns it.
 #[derive(Debug)]
-struct History {
+struct RedisHistory {
     epoch: String,
     floor: EventId,
     reclaimed: EventId,
@@ -178,8 +172,8 @@ struct StreamHistory {
     frames: Vec<Arc<Frame>>,
 }
 
-impl History {
-    fn parse(value: &Value) -> Result<Self, BackendError> {
+impl RedisHistory {
+    fn parse(value: &Value) -> Result<Self, BrokerError> {
         let items = array(value)?;
         let [epoch, floor, reclaimed, last, streams @ ..] = items else {
             return Err(malformed());
@@ -194,19 +188,35 @@ impl History {
         })
     }
 
-    /// Whether every event of `stream` after `after` is in this read.
-    fn is_complete_after(&self, stream: &StreamHistory, after: EventId) -> bool {
-        let known_after = if stream.present {
-            stream.trimmed_through
-        } else {
-            self.reclaimed
-        };
-        after >= self.floor && after >= known_after
+    /// The read as the node's gap logic takes it: a stream's events are known
+    /// above the epoch's floor and above what its history lost (trimmed, or the whole
+    /// history reclaimed).
+    fn into_read(self) -> HistoryRead {
+        let streams = self
+            .streams
+            .into_iter()
+            .map(|stream| {
+                let lost = if stream.present {
+                    stream.trimmed_through
+                } else {
+                    self.reclaimed
+                };
+                StreamRead {
+                    name: stream.name,
+                    known_after: lost.max(self.floor),
+                    frames: stream.frames,
+                }
+            })
+            .collect();
+        HistoryRead {
+            last_issued: self.last_issued,
+            streams,
+        }
     }
 }
 
 impl StreamHistory {
-    fn parse(value: &Value) -> Result<Self, BackendError> {
+    fn parse(value: &Value) -> Result<Self, BrokerError> {
         let [name, present, trimmed_through, entries] = array(value)? else {
             return Err(malformed());
         };
@@ -223,7 +233,7 @@ impl StreamHistory {
 }
 
 /// `[id, [t, type, d, data]]` from XRANGE, encoded once.
-fn frame_from_entry(entry: &Value) -> Result<Arc<Frame>, BackendError> {
+fn frame_from_entry(entry: &Value) -> Result<Arc<Frame>, BrokerError> {
     let [id, fields] = array(entry)? else {
         return Err(malformed());
     };
@@ -250,14 +260,14 @@ fn encode_frame(id: EventId, event_type: &str, data: &str) -> Frame {
     }
 }
 
-fn array(value: &Value) -> Result<&[Value], BackendError> {
+fn array(value: &Value) -> Result<&[Value], BrokerError> {
     match value {
         Value::Array(items) => Ok(items),
         _ => Err(malformed()),
     }
 }
 
-fn text(value: &Value) -> Result<String, BackendError> {
+fn text(value: &Value) -> Result<String, BrokerError> {
     match value {
         Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|_| malformed()),
         Value::SimpleString(text) => Ok(text.clone()),
@@ -266,45 +276,45 @@ fn text(value: &Value) -> Result<String, BackendError> {
     }
 }
 
-fn malformed() -> BackendError {
-    BackendError::Unavailable("unexpected reply from Redis".to_owned())
+fn malformed() -> BrokerError {
+    BrokerError::Unavailable("unexpected reply from Redis".to_owned())
 }
 
 /// A failed publish: "not stored" when Redis refused it or was never reached,
 /// "outcome unknown" when the request may have reached Redis but no answer came.
-fn publish_error(error: &redis::RedisError) -> BackendError {
+fn publish_error(error: &redis::RedisError) -> BrokerError {
     let reached_redis = error.is_timeout() || error.is_connection_dropped() || error.is_io_error();
     // A server error reply means the script was refused or failed before writing.
     if reached_redis && error.code().is_none() && !error.is_connection_refusal() {
-        BackendError::Timeout(format!("redis: {error}"))
+        BrokerError::Timeout(format!("redis: {error}"))
     } else {
         Shared::unavailable(error)
     }
 }
 
-/// The Redis backend.
+/// The Redis broker.
 #[derive(Debug)]
-pub struct RedisBackend {
+pub struct RedisBroker {
     shared: Arc<Shared>,
     listener: mpsc::Sender<ListenerCommand>,
     stop: CancellationToken,
 }
 
-impl RedisBackend {
-    /// Creates the backend and starts its listener, which connects (and reconnects)
+impl RedisBroker {
+    /// Creates the broker and starts its listener, which connects (and reconnects)
     /// in the background: a node starts even while Redis is down, and is not ready
     /// until Redis answers.
     ///
     /// # Errors
-    /// [`BackendError::Unavailable`] when the URL cannot be parsed.
-    pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<Self>, BackendError> {
+    /// [`BrokerError::Unavailable`] when the URL cannot be parsed.
+    pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<Self>, BrokerError> {
         let redis = &config.backend.redis;
         if redis.url.expose().starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; a second install is a no-op.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let client = redis::Client::open(redis.url.expose())
-            .map_err(|_| BackendError::Unavailable("backend.redis.url is not a valid Redis URL".to_owned()))?;
+            .map_err(|_| BrokerError::Unavailable("backend.redis.url is not a valid Redis URL".to_owned()))?;
         let mut seed = [0_u8; 8];
         rand::Rng::fill(&mut rand::rng(), &mut seed);
         let shared = Arc::new(Shared {
@@ -331,45 +341,26 @@ impl RedisBackend {
 
     /// Asks the listener to subscribe to the channels of `streams` and waits until
     /// Redis confirmed, so no notification after this point is missed.
-    async fn ensure_channels(&self, streams: &[StreamName]) -> Result<(), BackendError> {
+    async fn ensure_channels(&self, streams: &[StreamName]) -> Result<(), BrokerError> {
         let (reply, confirmed) = oneshot::channel();
         let command = ListenerCommand::Subscribe {
             streams: streams.to_vec(),
             reply,
         };
-        let closed = || BackendError::Unavailable("listener stopped".to_owned());
+        let closed = || BrokerError::Unavailable("listener stopped".to_owned());
         self.listener.send(command).await.map_err(|_| closed())?;
         confirmed.await.map_err(|_| closed())?
-    }
-
-    async fn replay(&self, streams: &[StreamName], resume: Resume) -> Result<Replay, BackendError> {
-        let after = match resume {
-            Resume::After(id) => id,
-            Resume::Unrecognised => EventId::ZERO,
-        };
-        let history = self.shared.read_history(streams, &id_to_redis(after)).await?;
-        let recognised = matches!(resume, Resume::After(id) if id <= history.last_issued);
-        let mut replay = Replay::default();
-        for stream in &history.streams {
-            if !recognised || !history.is_complete_after(stream, after) {
-                replay.gaps.push(stream.name.clone());
-            }
-            replay.frames.extend(stream.frames.iter().cloned());
-        }
-        replay.frames.sort_unstable_by_key(|frame| frame.id);
-        replay.resumed_from = recognised.then_some(after);
-        Ok(replay)
     }
 }
 
 #[async_trait]
-impl Backend for RedisBackend {
-    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BackendError> {
+impl Broker for RedisBroker {
+    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BrokerError> {
         let shared = &self.shared;
         // Known to be unreachable: refuse without sending, so the answer is a clean
         // "not stored" (503) rather than "outcome unknown" (504).
         if !shared.commands_ok.load(Ordering::Acquire) {
-            return Err(BackendError::Unavailable(
+            return Err(BrokerError::Unavailable(
                 "Redis did not answer the last health check".to_owned(),
             ));
         }
@@ -397,34 +388,13 @@ impl Backend for RedisBackend {
         reply.iter().skip(1).map(|id| id_from_redis(id)).collect()
     }
 
-    async fn subscribe(
-        &self,
-        streams: &[StreamName],
-        queue: &SubscriberQueue,
-        resume: Option<Resume>,
-    ) -> Result<Replay, BackendError> {
-        let registry = &self.shared.registry;
-        registry.attach_all(streams, queue)?;
-        let replay = async {
-            self.ensure_channels(streams).await?;
-            match resume {
-                Some(resume) => self.replay(streams, resume).await,
-                None => Ok(Replay::default()),
-            }
-        };
-        match replay.await {
-            Ok(replay) => Ok(replay),
-            Err(error) => {
-                registry.detach(streams, queue);
-                Err(error)
-            }
-        }
+    async fn listen(&self, streams: &[StreamName]) -> Result<(), BrokerError> {
+        self.ensure_channels(streams).await
     }
 
-    fn unsubscribe(&self, streams: &[StreamName], queue: &SubscriberQueue) {
-        // Channels of streams left without local subscribers are dropped by the
-        // listener's periodic clean-up, which is ordered with new subscriptions.
-        self.shared.registry.detach(streams, queue);
+    async fn read(&self, streams: &[StreamName], after: EventId) -> Result<HistoryRead, BrokerError> {
+        let history = self.shared.read_history(streams, &id_to_redis(after)).await?;
+        Ok(history.into_read())
     }
 
     fn is_ready(&self) -> bool {

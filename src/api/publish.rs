@@ -1,0 +1,66 @@
+//! `POST /events`: publish one event or a batch.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{authenticate, read_body};
+use crate::auth::extract::TokenSources;
+use crate::body::{PublishBody, parse_body};
+use crate::error::ApiError;
+use crate::metrics as m;
+use crate::node::{Allowed, Publication, Publisher, Source};
+use crate::state::AppState;
+
+/// Authenticates, reads and parses the whole body, then publishes through the
+/// node. Replies `{"id"}` or `{"ids"}` once the events are in the history.
+pub async fn publish_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let result = publish(&state, &headers, query.as_deref(), body).await;
+    // The node counts its own refusals.
+    if let Err(error) = &result
+        && !matches!(error, ApiError::Publish(_))
+    {
+        metrics::counter!(m::PUBLISH_REJECTIONS, "reason" => error.reason()).increment(1);
+    }
+    result
+}
+
+async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, body: Body) -> Result<Response, ApiError> {
+    if state.node.is_draining() {
+        return Err(ApiError::Draining);
+    }
+    let verified = authenticate(state, headers, query, TokenSources { cookie_name: None })?;
+    let limits = &state.config.limits;
+    let timeout = state.config.server.request_timeout;
+    let body = read_body(body, limits.max_body_bytes, timeout, &state.publish_bodies).await?;
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let PublishBody { events, is_batch } = parse_body(content_type, &body.bytes)?;
+    let publisher = Publisher {
+        subject: &verified.subject,
+        source: Source::Http,
+        allowed: Allowed::Patterns(&verified.claims.publish),
+    };
+    let ids = state
+        .node
+        .publish(Publication {
+            publisher,
+            events,
+            replay_key: None,
+        })
+        .await?;
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let reply = match (is_batch, ids.as_slice()) {
+        (false, [id]) => json!({ "id": id }),
+        _ => json!({ "ids": ids }),
+    };
+    Ok(Json(reply).into_response())
+}

@@ -1,0 +1,110 @@
+//! Brokers: where ids are assigned, history is kept and events move between nodes
+//! (`[backend]` in the configuration). A broker knows nothing of subscribers,
+//! limits or gap notices; the node ([`crate::node`]) does that once for every
+//! broker. What a broker must do:
+//!
+//! - **publish**: give every event of a batch an id (unique and strictly increasing
+//!   across all streams and nodes, never reused), append it to its stream's history,
+//!   all or nothing, and push every `(stream, frame)` into the node's sink (the
+//!   [`StreamRegistry`] it was started with) in id order — the memory broker before
+//!   it returns, the Redis broker through every node's listener;
+//! - **listen**: make sure events of some streams published from now on reach this
+//!   node's sink (Redis subscribes their channels and waits for the confirmation);
+//! - **read**: one consistent read of some streams' history after an id, with the
+//!   facts that prove it complete ([`HistoryRead`]). Together with listen-before-read
+//!   this makes the replay/live seam exact: every event is in the read or arrives
+//!   live afterwards (the subscription drops what arrives twice, by id);
+//! - after its live feed was interrupted, catch up through [`history::catch_up`].
+//!
+//! A new backend is one file implementing [`Broker`] and one arm in [`start`]; the
+//! conformance suite (`tests/it/conformance.rs`) takes it with one line.
+//!
+//! [`StreamRegistry`]: crate::stream::StreamRegistry
+//! [`history::catch_up`]: crate::history::catch_up
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{BackendKind, Config};
+use crate::event::{EventId, NewEvent};
+use crate::history::HistoryRead;
+use crate::stream::{StreamName, StreamRegistry};
+
+pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
+
+/// Why a broker could not do what was asked. Never silently: a publish that fails
+/// is answered with an error and, unless the outcome is unknown, nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker holds history of as many streams as `limits.max_streams` allows.
+    #[error("stream limit reached")]
+    StreamLimit,
+    /// The broker cannot be reached or refused the operation: nothing was stored.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// The request reached the broker but no answer came in time: the outcome is
+    /// unknown (the events may be stored).
+    #[error("backend timed out: {0}")]
+    Timeout(String),
+}
+
+impl BrokerError {
+    /// Stable machine-readable reason, for error bodies and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::StreamLimit => "stream_limit",
+            Self::Unavailable(_) => "backend_unavailable",
+            Self::Timeout(_) => "backend_timeout",
+        }
+    }
+}
+
+/// Ids, history and movement of events.
+#[async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug {
+    /// Assigns ids and appends every event to its stream's history, all or nothing;
+    /// every event reaches the sink in id order. Returns the ids in request order.
+    /// When this returns `Ok`, the events are in the history.
+    ///
+    /// # Errors
+    /// [`BrokerError::Timeout`] when the outcome is unknown; any other error means
+    /// nothing was stored.
+    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BrokerError>;
+
+    /// Makes sure that events of `streams` published after this returns reach this
+    /// node's sink.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when that cannot be promised now.
+    async fn listen(&self, streams: &[StreamName]) -> Result<(), BrokerError>;
+
+    /// Reads the history of `streams` after `after` in one consistent step. An
+    /// `after` above every id issued was never given out: everything held is read
+    /// (the caller sees that from [`HistoryRead::last_issued`]).
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when history cannot be read now.
+    async fn read(&self, streams: &[StreamName], after: EventId) -> Result<HistoryRead, BrokerError>;
+
+    /// Whether the broker can take publishes now.
+    fn is_ready(&self) -> bool;
+
+    /// Stops background work; called once at shutdown.
+    async fn close(&self);
+}
+
+/// Starts the broker `[backend]` configures, feeding `registry`.
+///
+/// # Errors
+/// [`BrokerError`] when its settings are unusable.
+pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<dyn Broker>, BrokerError> {
+    Ok(match config.backend.kind {
+        BackendKind::Memory => MemoryBroker::start(config, registry),
+        BackendKind::Redis => RedisBroker::start(config, registry)?,
+    })
+}

@@ -1,0 +1,119 @@
+//! The one subscribe path: admission (draining, permission, the subject's and the
+//! node's slots), attach a bounded queue to the local registry, make the broker
+//! listen, read history and decide gaps, then the [`Subscription`] that writes it.
+//! Listening before reading makes the seam exact for every broker: an event is in
+//! the read or arrives on the queue afterwards, and the subscription drops what
+//! arrives twice.
+
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Node;
+use crate::auth::StreamPattern;
+use crate::broker::BrokerError;
+use crate::history::{self, Replay, Resume};
+use crate::limits::{LimitError, Slots};
+use crate::metrics as m;
+use crate::stream::{RegistryError, StreamName};
+use crate::subscription::{Parts, Subscription};
+
+/// What a new subscription asks for.
+#[derive(Debug)]
+pub struct SubscribeRequest<'a> {
+    /// Whom per-subject limits count the subscription against.
+    pub subject: &'a str,
+    /// The token's `subscribe` claim.
+    pub allowed: &'a [StreamPattern],
+    pub streams: Vec<StreamName>,
+    pub resume: Option<Resume>,
+    /// When the token stops being valid; `None` keeps the stream open.
+    pub close_at: Option<SystemTime>,
+    /// Closes the client's connection at once; cancelled when its queue overflows
+    /// (a client that stopped reading would never see the stream end otherwise).
+    pub close_connection: CancellationToken,
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("the node is shutting down")]
+    Draining,
+    #[error("the token does not grant subscribing to stream `{0}`")]
+    NotPermitted(StreamName),
+    #[error(transparent)]
+    Limited(#[from] LimitError),
+    #[error("this node serves as many event streams as limits.max_connections allows")]
+    ConnectionLimit,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl From<RegistryError> for SubscribeError {
+    fn from(error: RegistryError) -> Self {
+        match error {
+            RegistryError::StreamLimit => Self::Broker(BrokerError::StreamLimit),
+        }
+    }
+}
+
+impl Node {
+    /// Admits, attaches and prepares the replay of a new subscription.
+    ///
+    /// # Errors
+    /// [`SubscribeError`]; nothing stays attached or held.
+    pub async fn subscribe(&self, request: SubscribeRequest<'_>) -> Result<Subscription, SubscribeError> {
+        let result = self.open(request).await;
+        if let Err(error) = &result {
+            metrics::counter!(m::CONNECTIONS_REJECTED, "reason" => error.reason()).increment(1);
+        }
+        result
+    }
+
+    async fn open(&self, request: SubscribeRequest<'_>) -> Result<Subscription, SubscribeError> {
+        if self.is_draining() {
+            return Err(SubscribeError::Draining);
+        }
+        if let Some(stream) = request
+            .streams
+            .iter()
+            .find(|stream| !request.allowed.iter().any(|pattern| pattern.matches(stream)))
+        {
+            return Err(SubscribeError::NotPermitted(stream.clone()));
+        }
+        let subject = self.limiter.admit_stream(request.subject, &request.streams)?;
+        let connection = self.connections.try_acquire().ok_or(SubscribeError::ConnectionLimit)?;
+        let (queue, receiver) = self.registry.new_queue(request.close_connection);
+        let attachment = self.registry.attach(&request.streams, &queue)?;
+        self.broker.listen(&request.streams).await?;
+        let replay = match request.resume {
+            Some(resume) => {
+                let read = self.broker.read(&request.streams, resume.read_after()).await?;
+                history::resolve(read, resume)
+            }
+            None => Replay::default(),
+        };
+        Ok(Subscription::new(Parts {
+            attachment,
+            receiver,
+            replay,
+            close_at: request.close_at,
+            shutdown: self.shutdown.token().clone(),
+            timing: self.settings.timing,
+            slots: Slots { connection, subject },
+        }))
+    }
+}
+
+impl SubscribeError {
+    /// Stable machine-readable reason, for error bodies and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Draining => "draining",
+            Self::NotPermitted(_) => "stream_not_permitted",
+            Self::Limited(error) => error.reason(),
+            Self::ConnectionLimit => "connection_limit",
+            Self::Broker(error) => error.reason(),
+        }
+    }
+}

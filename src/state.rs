@@ -1,0 +1,29 @@
+//! `AppState`: what every handler gets, a cheap `Clone` handle over `Arc`s.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::Verifier;
+use crate::auth::mint::SigningKey;
+use crate::auth::webhook::Webhooks;
+use crate::config::Config;
+use crate::limits::BodyBudget;
+use crate::node::Node;
+
+/// Everything a handler needs; clones share the same node.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// Publish and subscribe go through the node.
+    pub node: Arc<Node>,
+    pub verifier: Arc<Verifier>,
+    pub webhooks: Arc<Webhooks>,
+    /// Bytes of publish bodies (and verified-before-read webhooks) being received.
+    pub publish_bodies: Arc<BodyBudget>,
+    /// Bytes of webhook bodies received before their signature can be checked.
+    pub unverified_bodies: Arc<BodyBudget>,
+    pub metrics: PrometheusHandle,
+    /// Signs the demo page's subscribe-only token (HS256 only).
+    pub demo_signer: Option<Arc<SigningKey>>,
+}

@@ -1,0 +1,143 @@
+//! Nodes without HTTP, for the backend conformance suite: a [`Deployment`] is one
+//! backend (memory, or a real `redis-server` with its own key prefix) that makes
+//! nodes through the production `Node::start`; helpers publish and subscribe
+//! through the node's one publish path and one subscribe path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sse_gateway::auth::StreamPattern;
+use sse_gateway::config::{BackendKind, Config, Secret};
+use sse_gateway::event::{EventId, NewEvent};
+use sse_gateway::history::Resume;
+use sse_gateway::node::{Allowed, Node, Publication, PublishError, Publisher, Source, SubscribeRequest};
+use sse_gateway::stream::StreamName;
+use tokio_util::sync::CancellationToken;
+
+use super::redis::RedisServer;
+use super::{SseStream, test_config, within};
+
+/// Where a deployment keeps its history.
+pub enum Backing {
+    Memory,
+    Redis(RedisServer),
+}
+
+/// One backend, and the configuration its nodes start with.
+pub struct Deployment {
+    pub config: Config,
+    backing: Backing,
+}
+
+impl Deployment {
+    pub fn memory(adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config();
+        adjust(&mut config);
+        Self {
+            config,
+            backing: Backing::Memory,
+        }
+    }
+
+    pub async fn redis(adjust: impl FnOnce(&mut Config)) -> Self {
+        let redis = RedisServer::start().await;
+        let mut config = test_config();
+        config.backend.kind = BackendKind::Redis;
+        config.backend.redis.url = Secret::new(redis.url());
+        config.backend.redis.key_prefix = "conformance:".to_owned();
+        config.backend.redis.health_interval = Duration::from_millis(100);
+        config.backend.redis.response_timeout = Duration::from_millis(500);
+        config.backend.redis.connect_timeout = Duration::from_millis(500);
+        adjust(&mut config);
+        Self {
+            config,
+            backing: Backing::Redis(redis),
+        }
+    }
+
+    /// A new node on this backend, ready. With memory every node has its own history
+    /// (a second node is the first one restarted); with Redis they share it.
+    pub async fn node(&self) -> Arc<Node> {
+        let node = Node::start(&self.config, Default::default()).expect("node starts");
+        within("the node to be ready", async {
+            while !node.broker_is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        node
+    }
+
+    /// Whether history survives every node stopping.
+    pub fn is_durable(&self) -> bool {
+        !matches!(self.backing, Backing::Memory)
+    }
+
+    /// Whether nodes started from this deployment share one history.
+    pub fn is_shared(&self) -> bool {
+        !matches!(self.backing, Backing::Memory)
+    }
+
+    /// Makes the backend lose every event it holds (Redis: FLUSHALL).
+    pub fn lose_history(&self) {
+        if let Backing::Redis(redis) = &self.backing {
+            assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+        }
+    }
+}
+
+fn name(stream: &str) -> StreamName {
+    StreamName::try_new(stream).expect("valid stream name")
+}
+
+fn event(stream: &str, data: &str) -> NewEvent {
+    NewEvent {
+        stream: name(stream),
+        event_type: None,
+        data: data.to_owned(),
+    }
+}
+
+/// Publishes `events` (stream, data) as one batch through the node.
+pub async fn try_publish(node: &Node, events: &[(&str, &str)]) -> Result<Vec<EventId>, PublishError> {
+    node.publish(Publication {
+        publisher: Publisher {
+            subject: "conformance",
+            source: Source::Http,
+            allowed: Allowed::Any,
+        },
+        events: events.iter().map(|(stream, data)| event(stream, data)).collect(),
+        replay_key: None,
+    })
+    .await
+}
+
+/// Publishes one event and returns its id as the client sees it.
+pub async fn publish(node: &Node, stream: &str, data: &str) -> String {
+    let ids = try_publish(node, &[(stream, data)]).await.expect("publish");
+    ids[0].to_string()
+}
+
+/// Subscribes through the node, resuming from `last_event_id` as a client would
+/// send it, and reads the subscription's bytes as SSE.
+pub async fn subscribe(node: &Node, streams: &[&str], last_event_id: Option<&str>) -> SseStream {
+    let any = [StreamPattern::Any];
+    let resume = last_event_id.map(|id| id.parse().map_or(Resume::Unrecognised, Resume::After));
+    let subscription = node
+        .subscribe(SubscribeRequest {
+            subject: "conformance",
+            allowed: &any,
+            streams: streams.iter().map(|stream| name(stream)).collect(),
+            resume,
+            close_at: None,
+            close_connection: CancellationToken::new(),
+        })
+        .await
+        .expect("subscribe");
+    let chunks = futures::stream::unfold(subscription, |mut subscription| async move {
+        let chunk = subscription.next_chunk().await?;
+        Some((Ok(chunk), subscription))
+    });
+    SseStream::from_chunks(Default::default(), chunks.boxed())
+}
