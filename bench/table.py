@@ -1,6 +1,11 @@
-"""Median table of bench/compare-nchan.sh results.
+"""Median table of benchmark results (bench/compare-nchan.sh, bench/disk-vs-memory.sh).
 
 Input lines: `<scenario> <server> <run> RESULT key=value ...`.
+
+    table.py RESULTS [SERVER_A SERVER_B]   (default: gateway nchan)
+
+The first server is the one measured, the second the one compared with (the ratio
+column is A / B).
 """
 
 import statistics
@@ -25,6 +30,15 @@ ROWS = [
     ("streams-max", "p99_us", "1,000 streams x 10 subs, max: latency p99 (µs)"),
     ("streams-max", "generator_cpu_pct", "1,000 streams x 10 subs, max: generator CPU (%)"),
     ("batch", "events_per_s", "batch publish (100 events/request), 10 streams x 1 sub: events/s"),
+    ("pub-1", "events_per_s", "1 publisher, 1 stream x 10 subs, max: publishes/s"),
+    ("pub-1", "publish_p50_us", "1 publisher: publish acknowledged p50 (µs)"),
+    ("pub-1", "publish_p99_us", "1 publisher: publish acknowledged p99 (µs)"),
+    ("pub-16", "events_per_s", "16 publishers, 1 stream x 10 subs, max: publishes/s"),
+    ("pub-16", "publish_p50_us", "16 publishers: publish acknowledged p50 (µs)"),
+    ("pub-16", "publish_p99_us", "16 publishers: publish acknowledged p99 (µs)"),
+    ("pub-64", "events_per_s", "64 publishers, 1 stream x 10 subs, max: publishes/s"),
+    ("pub-64", "publish_p50_us", "64 publishers: publish acknowledged p50 (µs)"),
+    ("pub-64", "publish_p99_us", "64 publishers: publish acknowledged p99 (µs)"),
     ("batch", "deliveries_per_s", "batch publish: deliveries/s"),
     ("storm", "storm_ms", "storm: 5,000 resume after 100 missed, all caught up (ms)"),
     ("storm", "rss_growth_kib", "storm: server RSS growth, peak (KiB)"),
@@ -67,25 +81,30 @@ def fmt(value):
     return f"{value:.2f}"
 
 
+LABELS = {"gateway": "sse-gateway"}
+
+
 def main():
     values, integrity, runs = load(sys.argv[1])
+    first, second = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("gateway", "nchan")
+    names = [LABELS.get(first, first), LABELS.get(second, second)]
     median = lambda s, srv, k: statistics.median(values[(s, srv, k)]) if values.get((s, srv, k)) else None
-    print("| scenario: figure | sse-gateway | nchan | gateway / nchan |")
+    print(f"| scenario: figure | {names[0]} | {names[1]} | {first} / {second} |")
     print("|---|---:|---:|---:|")
     for scenario, key, label in ROWS:
-        gateway, nchan = median(scenario, "gateway", key), median(scenario, "nchan", key)
-        if gateway is None and nchan is None:
+        a, b = median(scenario, first, key), median(scenario, second, key)
+        if a is None and b is None:
             continue
-        ratio = f"{gateway / nchan:.2f}" if gateway is not None and nchan else "–"
-        print(f"| {label} | {fmt(gateway)} | {fmt(nchan)} | {ratio} |")
+        ratio = f"{a / b:.2f}" if a is not None and b else "–"
+        print(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
     print()
     print("Integrity, summed over all runs (lost / duplicated / out of order / gap notices / resumes / failed runs):")
     print()
-    print("| scenario | runs | sse-gateway | runs | nchan |")
+    print(f"| scenario | runs | {names[0]} | runs | {names[1]} |")
     print("|---|---:|---|---:|---|")
     for scenario in dict.fromkeys(s for s, _, _ in ROWS):
         cells = []
-        for server in ("gateway", "nchan"):
+        for server in (first, second):
             if runs.get((scenario, server)):
                 tally = integrity[(scenario, server)]
                 cells += [str(runs[(scenario, server)]), " / ".join(str(tally[k]) for k in INTEGRITY)]

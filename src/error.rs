@@ -143,7 +143,9 @@ fn limit_status(error: LimitError) -> StatusCode {
 fn broker_status(error: &BrokerError) -> StatusCode {
     match error {
         BrokerError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        BrokerError::StreamLimit | BrokerError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        BrokerError::StreamLimit | BrokerError::Unavailable(_) | BrokerError::Startup(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -171,7 +173,9 @@ fn broker_message(error: &BrokerError) -> &'static str {
         BrokerError::StreamLimit => {
             "this node holds as many streams as limits.max_streams allows; no new stream fits until some are reclaimed"
         }
-        BrokerError::Unavailable(_) => "the backend cannot take the events now; nothing was stored",
+        BrokerError::Unavailable(_) | BrokerError::Startup(_) => {
+            "the backend cannot take the events now; nothing was stored"
+        }
         BrokerError::Timeout(_) => {
             "the backend did not answer in time; the events may or may not be stored: retry with the same \
              Idempotency-Key to publish them exactly once"
@@ -187,7 +191,9 @@ impl IntoResponse for ApiError {
             // Backend detail stays in the log; the client gets the generic text.
             metrics::counter!(m::BACKEND_ERRORS, "reason" => reason).increment(1);
             match error {
-                BrokerError::Unavailable(detail) => tracing::error!(%detail, "backend unavailable"),
+                BrokerError::Unavailable(detail) | BrokerError::Startup(detail) => {
+                    tracing::error!(%detail, "backend unavailable");
+                }
                 BrokerError::Timeout(detail) => tracing::error!(%detail, "backend did not answer in time"),
                 BrokerError::StreamLimit => tracing::warn!("limits.max_streams reached"),
             }

@@ -96,6 +96,8 @@ impl FromStr for EventId {
 pub struct IdClock {
     last: EventId,
     start: EventId,
+    /// Milliseconds since the Unix epoch: the wall clock, or another source in tests.
+    now: fn() -> u64,
 }
 
 impl IdClock {
@@ -105,11 +107,33 @@ impl IdClock {
     /// of the wall clock: a successor started in the very millisecond of its last id
     /// still starts above it.
     pub fn start_now() -> Self {
-        let start = unix_millis();
-        while unix_millis() <= start {
+        Self::start_with(unix_millis)
+    }
+
+    /// Like [`IdClock::start_now`] with another time source (milliseconds since the
+    /// Unix epoch).
+    pub fn start_with(now: fn() -> u64) -> Self {
+        let start = now();
+        while now() <= start {
             std::thread::sleep(std::time::Duration::from_micros(100));
         }
-        Self::start_at(EventId::floor_at_millis(start + 1))
+        Self {
+            now,
+            ..Self::start_at(EventId::floor_at_millis(start + 1))
+        }
+    }
+
+    /// A clock that goes on after `last`, the newest id a durable predecessor
+    /// issued, whatever the time source says: ids keep increasing even when the wall
+    /// clock stepped back across a restart.
+    pub fn resume_after(last: EventId, now: fn() -> u64) -> Self {
+        let clock = Self::start_with(now);
+        let floor = clock.start.max(last);
+        Self {
+            last: floor,
+            start: floor,
+            now,
+        }
     }
 
     /// A clock whose first id is `floor + 1`.
@@ -117,6 +141,7 @@ impl IdClock {
         Self {
             last: floor,
             start: floor,
+            now: unix_millis,
         }
     }
 
@@ -132,7 +157,7 @@ impl IdClock {
 
     /// The next id: greater than every id issued before.
     pub fn next_id(&mut self) -> EventId {
-        self.next_id_at(unix_millis())
+        self.next_id_at((self.now)())
     }
 
     fn next_id_at(&mut self, unix_millis: u64) -> EventId {
@@ -142,7 +167,8 @@ impl IdClock {
     }
 }
 
-fn unix_millis() -> u64 {
+/// Milliseconds since the Unix epoch, from the wall clock.
+pub fn unix_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX >> SEQUENCE_BITS)
     })

@@ -37,6 +37,11 @@ pub const WEBHOOKS: &str = "sse_webhooks_total";
 pub const BACKEND_ERRORS: &str = "sse_backend_errors_total";
 pub const BACKEND_RECONNECTS: &str = "sse_backend_reconnects_total";
 pub const NOTIFICATION_LAG: &str = "sse_backend_notification_lag_seconds";
+pub const HISTORY_BYTES: &str = "sse_history_bytes";
+pub const HISTORY_EVICTIONS: &str = "sse_history_evictions_total";
+pub const DISK_COMMIT_SECONDS: &str = "sse_disk_commit_seconds";
+pub const DISK_COMMIT_EVENTS: &str = "sse_disk_commit_events";
+pub const DISK_BYTES: &str = "sse_disk_bytes";
 pub const TCP_CONNECTIONS_CLOSED: &str = "sse_tcp_connections_closed_total";
 pub const TCP_CONNECTIONS_OTHER: &str = "sse_tcp_connections_other";
 pub const ACCEPT_ERRORS: &str = "sse_accept_errors_total";
@@ -145,6 +150,25 @@ fn describe_all() {
         Unit::Seconds,
         "Delay from an event's id timestamp (Redis clock) to its arrival on this node."
     );
+    describe_gauge!(
+        HISTORY_BYTES,
+        Unit::Bytes,
+        "History held by this node (memory, disk), counted against streams.max_history_bytes."
+    );
+    describe_counter!(
+        HISTORY_EVICTIONS,
+        "Events evicted from history, by bound: count (buffer_size), age (buffer_ttl), bytes (max_history_bytes)."
+    );
+    describe_histogram!(
+        DISK_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time to write one group of publishes to the data directory, fsync included."
+    );
+    describe_histogram!(
+        DISK_COMMIT_EVENTS,
+        "Events written per group commit (publishes sharing one fsync)."
+    );
+    describe_gauge!(DISK_BYTES, Unit::Bytes, "Size of the data directory's store on disk.");
     describe_counter!(
         TCP_CONNECTIONS_CLOSED,
         "Connections the gateway closed outside a request, by reason: first_request_timeout \
@@ -197,6 +221,13 @@ fn register_at_zero() {
         metrics::counter!(TCP_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
     }
     metrics::counter!(ACCEPT_ERRORS).increment(0);
+    for reason in ["count", "age", "bytes"] {
+        metrics::counter!(HISTORY_EVICTIONS, "reason" => reason).increment(0);
+    }
+    metrics::gauge!(HISTORY_BYTES).increment(0.0);
+    metrics::gauge!(DISK_BYTES).increment(0.0);
+    let _ = metrics::histogram!(DISK_COMMIT_SECONDS);
+    let _ = metrics::histogram!(DISK_COMMIT_EVENTS);
     for name in [
         CONNECTIONS_OPEN,
         TCP_CONNECTIONS_OTHER,

@@ -16,13 +16,17 @@
 //!   live afterwards (the subscription drops what arrives twice, by id);
 //! - after its live feed was interrupted, catch up through [`history::catch_up`].
 //!
-//! A new backend is one file implementing [`Broker`] and one arm in [`start`]; the
+//! Kinds: [`LocalBroker`] (`memory`, and `disk` with its journal in [`disk`]) and
+//! [`RedisBroker`]. A new backend is one file implementing [`Broker`] and one arm in
+//! [`start`]; the
 //! conformance suite (`tests/it/conformance.rs`) takes it with one line.
 //!
 //! [`StreamRegistry`]: crate::stream::StreamRegistry
 //! [`history::catch_up`]: crate::history::catch_up
 
-pub mod memory;
+pub mod disk;
+pub mod held;
+pub mod local;
 pub mod redis;
 
 use std::sync::Arc;
@@ -34,7 +38,7 @@ use crate::event::{EventId, NewEvent};
 use crate::history::HistoryRead;
 use crate::stream::{StreamName, StreamRegistry};
 
-pub use memory::MemoryBroker;
+pub use local::LocalBroker;
 pub use redis::RedisBroker;
 
 /// Why a broker could not do what was asked. Never silently: a publish that fails
@@ -51,6 +55,9 @@ pub enum BrokerError {
     /// unknown (the events may be stored).
     #[error("backend timed out: {0}")]
     Timeout(String),
+    /// The broker cannot start (its settings or its data are unusable).
+    #[error("cannot start the backend: {0}")]
+    Startup(String),
 }
 
 impl BrokerError {
@@ -58,7 +65,7 @@ impl BrokerError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::StreamLimit => "stream_limit",
-            Self::Unavailable(_) => "backend_unavailable",
+            Self::Unavailable(_) | Self::Startup(_) => "backend_unavailable",
             Self::Timeout(_) => "backend_timeout",
         }
     }
@@ -104,7 +111,8 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 /// [`BrokerError`] when its settings are unusable.
 pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match config.backend.kind {
-        BackendKind::Memory => MemoryBroker::start(config, registry),
+        BackendKind::Memory => LocalBroker::memory(config, registry),
+        BackendKind::Disk => LocalBroker::disk(config, registry)?,
         BackendKind::Redis => RedisBroker::start(config, registry)?,
     })
 }

@@ -1,5 +1,6 @@
 //! `[backend]`: which broker keeps ids and history, and its settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,9 @@ pub enum BackendKind {
     /// Embedded, in-process: one node, history lost on restart (announced by gap notices).
     #[default]
     Memory,
+    /// Embedded, on disk: one node, ids and history in a data directory, so restarts
+    /// and crashes lose nothing acknowledged.
+    Disk,
     /// Redis: ids and history in Redis, every node fans out to its own subscribers.
     Redis,
 }
@@ -22,7 +26,30 @@ pub enum BackendKind {
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     pub kind: BackendKind,
+    pub disk: DiskConfig,
     pub redis: RedisConfig,
+}
+
+/// `[backend.disk]`: used when `backend.kind = "disk"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskConfig {
+    /// The data directory (created when missing; a non-empty directory that is not
+    /// one stops startup).
+    pub path: PathBuf,
+    /// fsync every group of publishes before acknowledging them (power loss loses
+    /// nothing acknowledged). `false`: acknowledged writes reach the OS first (a
+    /// gateway crash loses nothing) and are synced within a second.
+    pub fsync: bool,
+}
+
+impl Default for DiskConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("data"),
+            fsync: true,
+        }
+    }
 }
 
 /// `[backend.redis]`: used when `backend.kind = "redis"`.

@@ -18,6 +18,9 @@ pub struct StreamsConfig {
     /// How often expired events are evicted and idle streams reclaimed.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// History the node holds in all (encoded events plus 96 bytes each); over it,
+    /// the deployment's oldest events are evicted first (memory and disk).
+    pub max_history_bytes: usize,
 }
 
 impl Default for StreamsConfig {
@@ -26,6 +29,7 @@ impl Default for StreamsConfig {
             buffer_size: 1000,
             buffer_ttl: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(10),
+            max_history_bytes: 256 * 1024 * 1024,
         }
     }
 }

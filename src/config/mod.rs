@@ -15,7 +15,7 @@ mod values;
 mod webhooks;
 
 pub use auth::{Algorithm, AuthConfig, KeyIds};
-pub use backend::{BackendConfig, BackendKind, RedisConfig};
+pub use backend::{BackendConfig, BackendKind, DiskConfig, RedisConfig};
 pub use limits::{LimitsConfig, StreamsConfig};
 pub use server::{CorsConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig};
 pub use values::Secret;
@@ -117,6 +117,15 @@ impl Config {
         }
         if self.streams.buffer_size == 0 {
             return invalid("streams.buffer_size", "must be at least 1");
+        }
+        if self.streams.max_history_bytes < self.limits.max_event_bytes {
+            return invalid(
+                "streams.max_history_bytes",
+                "must hold at least one event of limits.max_event_bytes",
+            );
+        }
+        if self.backend.kind == BackendKind::Disk && self.backend.disk.path.as_os_str().is_empty() {
+            return invalid("backend.disk.path", "must name a directory");
         }
         if self.demo.publisher && self.demo.publish_interval.is_zero() {
             return invalid("demo.publish_interval", "must be greater than 0s");

@@ -189,15 +189,45 @@ async fn lost_history_is_announced(deployment: Deployment) {
     let node = deployment.node().await;
     let before = publish(&node, "l", "before").await;
     publish(&node, "l", "lost").await;
-    deployment.lose_history();
-    let node = if deployment.is_durable() {
-        node
-    } else {
-        // An in-memory node loses its history by restarting.
-        deployment.node().await
-    };
+    let node = deployment.lose_history(node).await;
     let mut resumed = subscribe(&node, &["l"], Some(&before)).await;
     assert_eq!(resumed.next_event().await.event, "gap");
+}
+
+fn small_history(config: &mut Config) {
+    config.limits.max_event_bytes = 100;
+    config.streams.max_history_bytes = 2000;
+}
+
+/// The node's total history bound evicts the deployment's oldest events first,
+/// whatever their stream, and resumes across them are announced.
+async fn the_node_history_bound_evicts_the_oldest_events_first(deployment: Deployment) {
+    if !deployment.holds_history_in_process() {
+        return;
+    }
+    let node = deployment.node().await;
+    let first_of_a = publish(&node, "bound.a", "0123456789").await;
+    let mut b = Vec::new();
+    for i in 0..40 {
+        b.push(publish(&node, "bound.b", &format!("{i:010}")).await);
+    }
+    let mut resumed = subscribe(&node, &["bound.a", "bound.b"], Some(&first_of_a)).await;
+    let gap = resumed.next_event().await;
+    assert_eq!(gap.event, "gap");
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(
+        data["streams"],
+        serde_json::json!(["bound.b"]),
+        "b lost its oldest events"
+    );
+    // What is still held is the newest of b, fewer than published, in order.
+    let newest = b.last().unwrap().clone();
+    let mut held = Vec::new();
+    while held.last() != Some(&newest) {
+        held.push(resumed.next_event().await.id.unwrap());
+    }
+    assert!(held.len() < b.len(), "{} of {} held", held.len(), b.len());
+    assert_eq!(held, b[b.len() - held.len()..]);
 }
 
 /// On a shared backend a client resumes every stream on another node.
@@ -252,6 +282,10 @@ macro_rules! conformance {
             scenario!(a_restart_loses_nothing_silently, defaults);
             scenario!(lost_history_is_announced, defaults);
             scenario!(a_client_resumes_on_another_node, defaults);
+            scenario!(
+                the_node_history_bound_evicts_the_oldest_events_first,
+                small_history
+            );
         }
     };
 }
@@ -261,4 +295,5 @@ async fn memory(adjust: fn(&mut Config)) -> Deployment {
 }
 
 conformance!(memory, memory);
+conformance!(disk, Deployment::disk);
 conformance!(redis, Deployment::redis);

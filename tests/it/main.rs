@@ -13,6 +13,7 @@ mod cli;
 mod conformance;
 mod delivery;
 mod demo;
+mod disk;
 mod dockerfile;
 mod faults;
 mod hardening;

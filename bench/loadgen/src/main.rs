@@ -285,6 +285,7 @@ async fn run(target: Target, pid: Option<&str>, load: &Load) -> anyhow::Result<(
 
     let tally = Tally::of(&shared);
     let latency = shared.latency_us.borrow();
+    let publish_latency = shared.publish_latency_us.borrow();
     let requests_per_s = acknowledged as f64 / load.batch.max(1) as f64 / publish_time.as_secs_f64();
     let events_per_s = acknowledged as f64 / publish_time.as_secs_f64();
     let deliveries_per_s = tally.received as f64 / window;
@@ -317,6 +318,11 @@ async fn run(target: Target, pid: Option<&str>, load: &Load) -> anyhow::Result<(
         latency.max()
     );
     println!(
+        "publish ack p50/p99     {} / {} µs",
+        publish_latency.value_at_quantile(0.5),
+        publish_latency.value_at_quantile(0.99)
+    );
+    println!(
         "lost {}  duplicated {}  out of order {}  gap notices {}  resumes {}  subscribe errors {}  publish errors {}{}",
         tally.lost,
         tally.duplicated,
@@ -329,12 +335,14 @@ async fn run(target: Target, pid: Option<&str>, load: &Load) -> anyhow::Result<(
     );
     let mut result = format!(
         "RESULT scenario=run events_per_s={events_per_s:.0} requests_per_s={requests_per_s:.0} \
-         deliveries_per_s={deliveries_per_s:.0} p50_us={} p99_us={} p999_us={} max_us={} lost={} duplicated={} \
-         out_of_order={} gaps={} resumes={} connect_ms={:.0}",
+         deliveries_per_s={deliveries_per_s:.0} p50_us={} p99_us={} p999_us={} max_us={} publish_p50_us={} \
+         publish_p99_us={} lost={} duplicated={} out_of_order={} gaps={} resumes={} connect_ms={:.0}",
         latency.value_at_quantile(0.5),
         latency.value_at_quantile(0.99),
         latency.value_at_quantile(0.999),
         latency.max(),
+        publish_latency.value_at_quantile(0.5),
+        publish_latency.value_at_quantile(0.99),
         tally.lost,
         tally.duplicated,
         tally.out_of_order,

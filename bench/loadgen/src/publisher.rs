@@ -79,8 +79,13 @@ pub(crate) async fn run(shared: Rc<Shared>, plan: Plan) -> anyhow::Result<u64> {
             .map(|(&stream, data)| Outgoing { stream, data })
             .collect();
         let request = shared.target.publish_request(&events);
+        let sent_at = Instant::now();
         match send(&shared, &mut socket, &mut buf, &request, plan.publisher).await {
             Ok(status) if (200..300).contains(&status) => {
+                if shared.record_latency.get() {
+                    let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                    let _ = shared.publish_latency_us.borrow_mut().record(micros);
+                }
                 let mut published = shared.published.borrow_mut();
                 for &stream in &streams {
                     published[stream][plan.publisher] += 1;

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Set once publishing is over: what each stream's subscribers must reach.
     pub(crate) expected: RefCell<Option<Vec<Vec<u64>>>>,
     pub(crate) latency_us: RefCell<Histogram<u64>>,
+    /// Publish request to its 2xx answer (how long a publisher waits for its ack).
+    pub(crate) publish_latency_us: RefCell<Histogram<u64>>,
     pub(crate) record_latency: Cell<bool>,
     pub(crate) opened: Cell<usize>,
     pub(crate) caught_up: Cell<usize>,
@@ -73,6 +75,7 @@ impl Shared {
             published: RefCell::new(vec![vec![0; publishers]; streams]),
             expected: RefCell::new(None),
             latency_us: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")),
+            publish_latency_us: RefCell::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")),
             record_latency: Cell::new(false),
             opened: Cell::new(0),
             caught_up: Cell::new(0),

@@ -21,6 +21,8 @@ use super::{SseStream, test_config, within};
 /// Where a deployment keeps its history.
 pub enum Backing {
     Memory,
+    /// Kept for its lifetime: the data directory is inside.
+    Disk(#[expect(dead_code, reason = "held so the directory outlives the deployment")] tempfile::TempDir),
     Redis(RedisServer),
 }
 
@@ -37,6 +39,18 @@ impl Deployment {
         Self {
             config,
             backing: Backing::Memory,
+        }
+    }
+
+    pub async fn disk(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut config = test_config();
+        config.backend.kind = BackendKind::Disk;
+        config.backend.disk.path = dir.path().join("data");
+        adjust(&mut config);
+        Self {
+            config,
+            backing: Backing::Disk(dir),
         }
     }
 
@@ -57,7 +71,8 @@ impl Deployment {
     }
 
     /// A new node on this backend, ready. With memory every node has its own history
-    /// (a second node is the first one restarted); with Redis they share it.
+    /// (a second node is the first one restarted); with disk the previous node must
+    /// be closed first (one process per data directory); with Redis they share it.
     pub async fn node(&self) -> Arc<Node> {
         let node = Node::start(&self.config, Default::default()).expect("node starts");
         within("the node to be ready", async {
@@ -76,13 +91,34 @@ impl Deployment {
 
     /// Whether nodes started from this deployment share one history.
     pub fn is_shared(&self) -> bool {
-        !matches!(self.backing, Backing::Memory)
+        matches!(self.backing, Backing::Redis(_))
     }
 
-    /// Makes the backend lose every event it holds (Redis: FLUSHALL).
-    pub fn lose_history(&self) {
-        if let Backing::Redis(redis) = &self.backing {
-            assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    /// Whether the node holds history in its own process (bounded by
+    /// `streams.max_history_bytes`).
+    pub fn holds_history_in_process(&self) -> bool {
+        !matches!(self.backing, Backing::Redis(_))
+    }
+
+    /// Makes the backend lose every event it holds, and returns the node to go on
+    /// with: memory restarts; disk restarts on an emptied data directory; Redis
+    /// is flushed under the running node.
+    pub async fn lose_history(&self, node: Arc<Node>) -> Arc<Node> {
+        match &self.backing {
+            Backing::Memory => {
+                drop(node);
+                self.node().await
+            }
+            Backing::Disk(_) => {
+                node.close().await;
+                drop(node);
+                std::fs::remove_dir_all(&self.config.backend.disk.path).expect("remove the data directory");
+                self.node().await
+            }
+            Backing::Redis(redis) => {
+                assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+                node
+            }
         }
     }
 }
