@@ -13,13 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(pub-1 pub-16 pub-64 fanout-max streams-max)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(pub-1 pub-16 pub-64 fanout-100 fanout-max streams-1000 streams-max)
 
 declare -A ARGS=(
     [pub-1]="run --streams 1 --subscribers-per-stream 10 --publishers 1 --rate 0 --duration 10s"
     [pub-16]="run --streams 1 --subscribers-per-stream 10 --publishers 16 --rate 0 --duration 10s"
     [pub-64]="run --streams 1 --subscribers-per-stream 10 --publishers 64 --rate 0 --duration 10s"
+    [fanout-100]="run --streams 1 --subscribers-per-stream 1000 --publishers 2 --rate 100 --duration 10s"
     [fanout-max]="run --streams 1 --subscribers-per-stream 1000 --publishers 4 --rate 0 --duration 10s"
+    [streams-1000]="run --streams 1000 --subscribers-per-stream 10 --publishers 4 --rate 1000 --duration 10s"
     [streams-max]="run --streams 1000 --subscribers-per-stream 10 --publishers 16 --rate 0 --duration 10s"
 )
 
