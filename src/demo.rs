@@ -48,7 +48,7 @@ pub async fn publish_samples(node: Arc<Node>, interval: Duration, stop: Cancella
                 allowed: Allowed::Any,
             },
             events: vec![event],
-            replay_key: None,
+            idempotency: None,
         };
         if let Err(error) = node.publish(publication).await {
             tracing::debug!(%error, "demo publisher could not publish");

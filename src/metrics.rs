@@ -36,6 +36,7 @@ pub const PUBLISH_TO_WRITE: &str = "sse_publish_to_write_seconds";
 pub const WEBHOOKS: &str = "sse_webhooks_total";
 pub const BACKEND_ERRORS: &str = "sse_backend_errors_total";
 pub const BACKEND_RECONNECTS: &str = "sse_backend_reconnects_total";
+pub const BACKEND_VERIFICATIONS: &str = "sse_backend_verifications_total";
 pub const NOTIFICATION_LAG: &str = "sse_backend_notification_lag_seconds";
 pub const HISTORY_BYTES: &str = "sse_history_bytes";
 pub const HISTORY_EVICTIONS: &str = "sse_history_evictions_total";
@@ -145,6 +146,11 @@ fn describe_all() {
         BACKEND_RECONNECTS,
         "Times the node re-established its Redis notification link."
     );
+    describe_counter!(
+        BACKEND_VERIFICATIONS,
+        "Redis instances a node verified after a change, by verdict: proven (holds every acknowledged event), \
+         lost (may not: the floor was raised, resumes from before get gap notices), new (no data)."
+    );
     describe_histogram!(
         NOTIFICATION_LAG,
         Unit::Seconds,
@@ -213,6 +219,9 @@ fn register_at_zero() {
     }
     metrics::counter!(WEBHOOKS, "outcome" => "published").increment(0);
     metrics::counter!(BACKEND_RECONNECTS).increment(0);
+    for verdict in ["proven", "lost", "new"] {
+        metrics::counter!(BACKEND_VERIFICATIONS, "verdict" => verdict).increment(0);
+    }
     let _ = metrics::histogram!(NOTIFICATION_LAG);
     for reason in DISCONNECT_REASONS {
         metrics::counter!(DISCONNECTS, "reason" => *reason).increment(0);

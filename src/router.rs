@@ -92,6 +92,7 @@ fn cors_layer(config: &Config) -> Option<CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("idempotency-key"),
             ])
             .allow_credentials(cors.allow_credentials),
     )

@@ -327,7 +327,7 @@ mod tests {
             .publish(Publication {
                 publisher,
                 events,
-                replay_key: None,
+                idempotency: None,
             })
             .await
             .unwrap();

@@ -12,6 +12,8 @@ use super::{authenticate, read_body};
 use crate::auth::extract::TokenSources;
 use crate::body::{PublishBody, parse_body};
 use crate::error::ApiError;
+use crate::event::{EventType, NewEvent};
+use crate::idempotency::{IdempotencyKey, fingerprint};
 use crate::metrics as m;
 use crate::node::{Allowed, Publication, Publisher, Source};
 use crate::state::AppState;
@@ -44,6 +46,7 @@ async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, bod
     let body = read_body(body, limits.max_body_bytes, timeout, &state.publish_bodies).await?;
     let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok());
     let PublishBody { events, is_batch } = parse_body(content_type, &body.bytes)?;
+    let idempotency = idempotency_key(headers, &verified.subject, &events, is_batch, state)?;
     let publisher = Publisher {
         subject: &verified.subject,
         source: Source::Http,
@@ -54,7 +57,7 @@ async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, bod
         .publish(Publication {
             publisher,
             events,
-            replay_key: None,
+            idempotency,
         })
         .await?;
     let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
@@ -63,4 +66,38 @@ async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, bod
         _ => json!({ "ids": ids }),
     };
     Ok(Json(reply).into_response())
+}
+
+/// The header that makes a retried publish safe.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request's `Idempotency-Key`, scoped by the publisher's subject and bound to
+/// the events (and whether they came as a batch, which shapes the reply).
+fn idempotency_key(
+    headers: &HeaderMap,
+    subject: &str,
+    events: &[NewEvent],
+    is_batch: bool,
+    state: &AppState,
+) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > 255 || !key.iter().all(|byte| (0x21..=0x7e).contains(byte)) {
+        return Err(ApiError::InvalidRequest(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
+        ));
+    }
+    let mut parts: Vec<&[u8]> = vec![if is_batch { b"batch" } else { b"single" }];
+    for event in events {
+        parts.push(event.stream.as_str().as_bytes());
+        parts.push(event.event_type.as_ref().map_or("", EventType::as_str).as_bytes());
+        parts.push(event.data.as_bytes());
+    }
+    Ok(Some(IdempotencyKey {
+        key: format!("publish\n{subject}\n{}", String::from_utf8_lossy(key)),
+        fingerprint: fingerprint(&parts),
+        ttl: state.config.publish.idempotency_window,
+    }))
 }

@@ -19,9 +19,9 @@ use crate::auth::webhook::Proof;
 use crate::body::compact_json;
 use crate::error::ApiError;
 use crate::event::NewEvent;
-use crate::idempotency::fingerprint;
+use crate::idempotency::{IdempotencyKey, fingerprint};
 use crate::metrics as m;
-use crate::node::{Allowed, Publication, Publisher, ReplayKey, Source};
+use crate::node::{Allowed, Publication, Publisher, Source};
 use crate::state::AppState;
 use crate::stream::StreamName;
 
@@ -65,12 +65,13 @@ async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body
         event_type: delivery.hook.event_type(headers),
         data: compact_json(raw.get()),
     };
-    let replay_key = delivery.replay_key.map(|key| ReplayKey {
+    let idempotency = delivery.replay_key.map(|key| IdempotencyKey {
         key: format!("webhook\n{stream}\n{key}"),
         fingerprint: fingerprint(&[
             event.event_type.as_ref().map_or("", |t| t.as_str()).as_bytes(),
             &body.bytes,
         ]),
+        ttl: state.config.webhooks.replay_window,
     });
     let subject = format!("webhook:{stream}");
     let publisher = Publisher {
@@ -83,7 +84,7 @@ async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body
         .publish(Publication {
             publisher,
             events: vec![event],
-            replay_key,
+            idempotency,
         })
         .await?;
     let id = ids.first().map(ToString::to_string);

@@ -44,11 +44,17 @@ pub struct Evicted {
     pub reclaimed: Vec<StreamName>,
     /// The new floor, when tombstones were folded into it.
     pub floor: Option<EventId>,
+    /// Idempotency keys that expired.
+    pub keys: Vec<String>,
 }
 
 impl Evicted {
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty() && self.known_after.is_empty() && self.reclaimed.is_empty() && self.floor.is_none()
+        self.ids.is_empty()
+            && self.known_after.is_empty()
+            && self.reclaimed.is_empty()
+            && self.floor.is_none()
+            && self.keys.is_empty()
     }
 
     /// Moves everything of `other` into this.
@@ -56,6 +62,7 @@ impl Evicted {
         self.ids.extend(other.ids);
         self.known_after.extend(other.known_after);
         self.reclaimed.extend(other.reclaimed);
+        self.keys.extend(other.keys);
         if other.floor.is_some() {
             self.floor = other.floor;
         }

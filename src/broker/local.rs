@@ -19,20 +19,26 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::disk::{self, DataDir, Journal, Staged, StoredEvent};
+use super::disk::{self, DataDir, Journal, Staged, StagedKey, StoredEvent, StoredKey};
 use super::held::{Bounds, Evicted, HeldHistory};
-use super::{Broker, BrokerError};
+use super::{Broker, BrokerError, Published};
 use crate::config::Config;
 use crate::event::{EventId, Frame, IdClock, NewEvent, unix_millis};
 use crate::history::HistoryRead;
+use crate::idempotency::{Claim, ClaimGuard, IdempotencyCache, IdempotencyKey};
 use crate::sse;
 use crate::stream::{StreamName, StreamRegistry};
+
+/// Idempotency keys a node remembers at once (each about 200 bytes).
+const KEYS_REMEMBERED: usize = 100_000;
 
 /// The broker of a single node.
 #[derive(Debug)]
 pub struct LocalBroker {
     state: Arc<Mutex<Local>>,
     registry: Arc<StreamRegistry>,
+    /// Idempotency keys (written with their events on disk, loaded at start).
+    keys: IdempotencyCache,
     /// Set for the disk kind.
     journal: Option<Journal>,
     sweeper: CancellationToken,
@@ -66,7 +72,8 @@ impl LocalBroker {
     pub fn memory(config: &Config, registry: Arc<StreamRegistry>) -> Arc<Self> {
         let clock = IdClock::start_now();
         let held = HeldHistory::new(bounds(config), clock.start_floor());
-        Self::start(config, registry, Local { clock, held }, None)
+        let state = Arc::new(Mutex::new(Local { clock, held }));
+        Self::start_with_state(config, registry, state, IdempotencyCache::new(KEYS_REMEMBERED), None)
     }
 
     /// The disk kind: opens `backend.disk.path`, loads the history back and starts
@@ -111,6 +118,21 @@ impl LocalBroker {
             })
             .map_err(startup)?;
         held.sweep(Instant::now(), &mut evicted);
+        let keys = IdempotencyCache::new(KEYS_REMEMBERED);
+        let now_ms = unix_millis();
+        dir.for_each_key(|stored| {
+            if stored.expires_ms <= now_ms {
+                evicted.keys.push(stored.key);
+                return;
+            }
+            let key = IdempotencyKey {
+                key: stored.key,
+                fingerprint: stored.fingerprint,
+                ttl: Duration::from_millis(stored.expires_ms - now_ms),
+            };
+            keys.restore(&key, stored.ids);
+        })
+        .map_err(startup)?;
         tracing::info!(
             path = %disk_config.path.display(),
             events = loaded,
@@ -121,22 +143,20 @@ impl LocalBroker {
         let state = Arc::new(Mutex::new(Local { clock, held }));
         let apply = apply_committed(Arc::downgrade(&state), Arc::clone(&registry));
         let journal = Journal::start(dir, apply, evicted, floor);
-        Ok(Self::start_with_state(config, registry, state, Some(journal)))
-    }
-
-    fn start(config: &Config, registry: Arc<StreamRegistry>, local: Local, journal: Option<Journal>) -> Arc<Self> {
-        Self::start_with_state(config, registry, Arc::new(Mutex::new(local)), journal)
+        Ok(Self::start_with_state(config, registry, state, keys, Some(journal)))
     }
 
     fn start_with_state(
         config: &Config,
         registry: Arc<StreamRegistry>,
         state: Arc<Mutex<Local>>,
+        keys: IdempotencyCache,
         journal: Option<Journal>,
     ) -> Arc<Self> {
         let broker = Arc::new(Self {
             state,
             registry,
+            keys,
             journal,
             sweeper: CancellationToken::new(),
         });
@@ -151,6 +171,7 @@ impl LocalBroker {
     fn sweep(&self) {
         let mut evicted = Evicted::default();
         lock(&self.state).held.sweep(Instant::now(), &mut evicted);
+        evicted.keys = self.keys.sweep();
         self.forget(evicted);
     }
 
@@ -168,7 +189,11 @@ impl LocalBroker {
     /// Gives `events` their ids under the lock. Memory: into the history and out to
     /// local subscribers at once. Disk: staged for the journal, in id order; the
     /// receiver answers when they are durable.
-    fn stage(&self, events: Vec<NewEvent>) -> Result<(Vec<EventId>, Option<Durable>), BrokerError> {
+    fn stage(
+        &self,
+        events: Vec<NewEvent>,
+        claim: Option<(ClaimGuard, &IdempotencyKey)>,
+    ) -> Result<(Vec<EventId>, Option<Durable>), BrokerError> {
         let mut local = lock(&self.state);
         if local.held.exceeds_stream_limit(&events) {
             return Err(BrokerError::StreamLimit);
@@ -191,6 +216,9 @@ impl LocalBroker {
                 self.registry.deliver(&event.stream, &frame);
                 local.held.append(&event.stream, frame, &mut evicted);
             }
+            if let Some((guard, _)) = claim {
+                guard.complete(ids.clone());
+            }
             return Ok((ids, None));
         };
         let published_ms = unix_millis();
@@ -209,8 +237,17 @@ impl LocalBroker {
                 frame,
             });
         }
-        let ids = staged.iter().map(|staged| staged.frame.id).collect();
-        Ok((ids, Some(journal.submit(staged)?)))
+        let ids: Vec<EventId> = staged.iter().map(|staged| staged.frame.id).collect();
+        let key = claim.map(|(claim, key)| StagedKey {
+            stored: StoredKey {
+                key: key.key.clone(),
+                fingerprint: key.fingerprint,
+                expires_ms: published_ms.saturating_add(u64::try_from(key.ttl.as_millis()).unwrap_or(u64::MAX)),
+                ids: ids.clone(),
+            },
+            claim,
+        });
+        Ok((ids, Some(journal.submit(staged, key)?)))
     }
 }
 
@@ -248,14 +285,21 @@ async fn sweep_periodically(broker: Weak<LocalBroker>, every: Duration, stop: Ca
 
 #[async_trait]
 impl Broker for LocalBroker {
-    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BrokerError> {
-        let (ids, durable) = self.stage(events)?;
+    async fn publish(&self, events: Vec<NewEvent>, key: Option<&IdempotencyKey>) -> Result<Published, BrokerError> {
+        let claim = match key.map(|key| (self.keys.claim(key), key)) {
+            None => None,
+            Some((Claim::New(guard), key)) => Some((guard, key)),
+            Some((Claim::Repeated(ids), _)) => return Ok(Published::Repeated(ids)),
+            Some((Claim::Conflict, _)) => return Ok(Published::KeyConflict),
+            Some((Claim::InProgress, _)) => return Ok(Published::KeyInProgress),
+        };
+        let (ids, durable) = self.stage(events, claim)?;
         if let Some(durable) = durable {
             durable
                 .await
                 .map_err(|_| BrokerError::Unavailable("the disk journal stopped".to_owned()))??;
         }
-        Ok(ids)
+        Ok(Published::New(ids))
     }
 
     async fn listen(&self, _streams: &[StreamName]) -> Result<(), BrokerError> {
@@ -315,11 +359,52 @@ mod tests {
         Arc::new(StreamRegistry::new(10, 8))
     }
 
+    fn ids(published: Result<Published, BrokerError>) -> Vec<EventId> {
+        match published {
+            Ok(Published::New(ids)) => ids,
+            other => panic!("not published: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_with_the_same_key_answers_the_first_ids_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(|c| c.backend.disk.path = dir.path().join("data"));
+        let key = IdempotencyKey {
+            key: "publish\nsubject\nretry-1".to_owned(),
+            fingerprint: crate::idempotency::fingerprint(&[b"body"]),
+            ttl: Duration::from_secs(300),
+        };
+        let broker = LocalBroker::disk(&config, registry()).unwrap();
+        let first = ids(broker.publish(vec![event("k")], Some(&key)).await);
+        assert_eq!(
+            broker.publish(vec![event("k")], Some(&key)).await.unwrap(),
+            Published::Repeated(first.clone())
+        );
+        broker.close().await;
+        drop(broker);
+        let restarted = LocalBroker::disk(&config, registry()).unwrap();
+        assert_eq!(
+            restarted.publish(vec![event("k")], Some(&key)).await.unwrap(),
+            Published::Repeated(first),
+            "remembered on disk"
+        );
+        let other = IdempotencyKey {
+            fingerprint: crate::idempotency::fingerprint(&[b"another body"]),
+            ..key
+        };
+        assert_eq!(
+            restarted.publish(vec![event("k")], Some(&other)).await.unwrap(),
+            Published::KeyConflict
+        );
+        restarted.close().await;
+    }
+
     #[tokio::test]
     async fn reclaiming_one_quiet_stream_does_not_raise_gaps_on_others() {
         let broker = LocalBroker::memory(&config(|c| c.streams.buffer_ttl = Duration::from_millis(1)), registry());
-        let quiet = broker.publish(vec![event("quiet")]).await.unwrap()[0];
-        let busy = broker.publish(vec![event("busy")]).await.unwrap()[0];
+        let quiet = ids(broker.publish(vec![event("quiet")], None).await)[0];
+        let busy = ids(broker.publish(vec![event("busy")], None).await)[0];
         tokio::time::sleep(Duration::from_millis(5)).await;
         broker.sweep();
         assert_eq!(lock(&broker.state).held.stream_count(), 0, "both reclaimed");
@@ -340,15 +425,15 @@ mod tests {
             }),
             registry(),
         );
-        let mut ids = Vec::new();
+        let mut published = Vec::new();
         for stream in ["a", "b", "c"] {
-            ids.push(broker.publish(vec![event(stream)]).await.unwrap()[0]);
+            published.push(ids(broker.publish(vec![event(stream)], None).await)[0]);
             tokio::time::sleep(Duration::from_millis(5)).await;
             broker.sweep();
         }
         // Conservative after folding: resuming before the newest reclaimed event is a gap.
-        assert_eq!(gaps(&broker, "a", ids[0]).await.len(), 1);
-        assert!(gaps(&broker, "c", ids[2]).await.is_empty());
+        assert_eq!(gaps(&broker, "a", published[0]).await.len(), 1);
+        assert!(gaps(&broker, "c", published[2]).await.is_empty());
     }
 
     /// A wall clock ten days behind the one of the run before.
@@ -361,11 +446,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(|c| c.backend.disk.path = dir.path().join("data"));
         let broker = LocalBroker::disk(&config, registry()).unwrap();
-        let before = broker.publish(vec![event("a"), event("b")]).await.unwrap();
+        let before = ids(broker.publish(vec![event("a"), event("b")], None).await);
         broker.close().await;
         drop(broker);
         let restarted = LocalBroker::disk_with_clock(&config, registry(), ten_days_ago).unwrap();
-        let after = restarted.publish(vec![event("a")]).await.unwrap();
+        let after = ids(restarted.publish(vec![event("a")], None).await);
         assert!(after[0] > before[1], "{after:?} after {before:?}");
         // And the history from before the restart is still there, complete.
         let read = restarted

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use crate::config::{BackendKind, Config};
 use crate::event::{EventId, NewEvent};
 use crate::history::HistoryRead;
+use crate::idempotency::IdempotencyKey;
 use crate::stream::{StreamName, StreamRegistry};
 
 pub use local::LocalBroker;
@@ -71,17 +72,33 @@ impl BrokerError {
     }
 }
 
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored now, with these ids in request order.
+    New(Vec<EventId>),
+    /// The idempotency key was used before with the same request: its ids again;
+    /// nothing stored.
+    Repeated(Vec<EventId>),
+    /// The key was used before with another request: nothing stored.
+    KeyConflict,
+    /// The first request with the key is still being stored: nothing stored.
+    KeyInProgress,
+}
+
 /// Ids, history and movement of events.
 #[async_trait]
 pub trait Broker: Send + Sync + std::fmt::Debug {
     /// Assigns ids and appends every event to its stream's history, all or nothing;
-    /// every event reaches the sink in id order. Returns the ids in request order.
-    /// When this returns `Ok`, the events are in the history.
+    /// every event reaches the sink in id order. With `key`, a request seen before
+    /// is answered from what it was first given (remembered with the events, so on
+    /// Redis a retry on any node finds it). When this returns [`Published::New`],
+    /// the events are in the history, with the ids in request order.
     ///
     /// # Errors
     /// [`BrokerError::Timeout`] when the outcome is unknown; any other error means
     /// nothing was stored.
-    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BrokerError>;
+    async fn publish(&self, events: Vec<NewEvent>, key: Option<&IdempotencyKey>) -> Result<Published, BrokerError>;
 
     /// Makes sure that events of `streams` published after this returns reach this
     /// node's sink.

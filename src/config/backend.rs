@@ -71,6 +71,23 @@ pub struct RedisConfig {
     /// How often the node checks Redis (readiness, lost data) and retries a lost link.
     #[serde(with = "duration")]
     pub health_interval: Duration,
+    /// Sentinel addresses (`host:port`); when set, the master is the one they name
+    /// `master_name`, and `url` only gives its password, database and TLS.
+    pub sentinels: Vec<String>,
+    /// The master's name at the sentinels.
+    pub master_name: String,
+    /// Password of the sentinels themselves, when they require one.
+    pub sentinel_password: Option<Secret>,
+    /// Replicas that must hold a publish before it is acknowledged (Redis `WAIT`);
+    /// with 1 or more a failover loses no acknowledged event. 0 = do not wait.
+    pub min_replicas: usize,
+    /// How long a publish waits for `min_replicas`; past it the answer is 504.
+    #[serde(with = "duration")]
+    pub min_replicas_timeout: Duration,
+    /// Trust that a restarted Redis kept every acknowledged event when it runs with
+    /// `appendonly yes` and `appendfsync always` (checked at every connection).
+    /// Without it every restart is treated as possible loss (gap notices).
+    pub trust_restarts: bool,
 }
 
 impl Default for RedisConfig {
@@ -82,6 +99,12 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             health_interval: Duration::from_secs(1),
+            sentinels: Vec::new(),
+            master_name: "mymaster".to_owned(),
+            sentinel_password: None,
+            min_replicas: 0,
+            min_replicas_timeout: Duration::from_secs(1),
+            trust_restarts: false,
         }
     }
 }

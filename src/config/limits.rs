@@ -1,4 +1,5 @@
-//! `[streams]` and `[limits]`: history bounds and the bounds that protect the node.
+//! `[streams]`, `[limits]` and `[publish]`: history bounds, the bounds that protect
+//! the node, and publishing.
 
 use std::time::Duration;
 
@@ -89,6 +90,24 @@ impl Default for LimitsConfig {
             publish_burst: 0,
             subscribe_rate: 0,
             subscribe_burst: 0,
+        }
+    }
+}
+
+/// `[publish]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// How long an `Idempotency-Key` is remembered: a retry within it answers the
+    /// original ids and publishes nothing.
+    #[serde(with = "duration")]
+    pub idempotency_window: Duration,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self {
+            idempotency_window: Duration::from_secs(300),
         }
     }
 }

@@ -16,7 +16,7 @@ mod webhooks;
 
 pub use auth::{Algorithm, AuthConfig, KeyIds};
 pub use backend::{BackendConfig, BackendKind, DiskConfig, RedisConfig};
-pub use limits::{LimitsConfig, StreamsConfig};
+pub use limits::{LimitsConfig, PublishConfig, StreamsConfig};
 pub use server::{CorsConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig};
 pub use values::Secret;
 pub use webhooks::{DemoConfig, WebhookConfig, WebhookProvider, WebhooksConfig};
@@ -49,6 +49,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub streams: StreamsConfig,
     pub limits: LimitsConfig,
+    pub publish: PublishConfig,
     pub cors: CorsConfig,
     pub metrics: MetricsConfig,
     pub backend: BackendConfig,
@@ -109,6 +110,9 @@ impl Config {
         if self.server.header_read_timeout.is_zero() {
             return invalid("server.header_read_timeout", "must be greater than 0s");
         }
+        if self.publish.idempotency_window.is_zero() {
+            return invalid("publish.idempotency_window", "must be greater than 0s");
+        }
         if self.server.idle_timeout.is_zero() {
             return invalid("server.idle_timeout", "must be greater than 0s");
         }
@@ -132,6 +136,23 @@ impl Config {
         }
         if self.backend.redis.connections == 0 {
             return invalid("backend.redis.connections", "must be at least 1");
+        }
+        if self.backend.kind == BackendKind::Redis
+            && !self.backend.redis.sentinels.is_empty()
+            && self.backend.redis.master_name.is_empty()
+        {
+            return invalid(
+                "backend.redis.master_name",
+                "must name the master when sentinels are set",
+            );
+        }
+        if self.backend.redis.min_replicas > 0
+            && self.backend.redis.min_replicas_timeout >= self.backend.redis.response_timeout
+        {
+            return invalid(
+                "backend.redis.min_replicas_timeout",
+                "must be shorter than backend.redis.response_timeout, which bounds every command",
+            );
         }
         if self.backend.redis.health_interval.is_zero() {
             return invalid("backend.redis.health_interval", "must be greater than 0s");

@@ -17,7 +17,7 @@
 mod publish;
 mod subscribe;
 
-pub use publish::{Allowed, Publication, PublishError, Publisher, ReplayKey, Source};
+pub use publish::{Allowed, Publication, PublishError, Publisher, Source};
 pub use subscribe::{SubscribeError, SubscribeRequest};
 
 use std::collections::HashMap;
@@ -25,16 +25,11 @@ use std::sync::Arc;
 
 use crate::broker::{self, Broker, BrokerError};
 use crate::config::Config;
-use crate::idempotency::IdempotencyCache;
 use crate::limits::{ConnectionLimiter, Limiter, SubjectLimits};
 use crate::metrics as m;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
 use crate::subscription::StreamTiming;
-
-/// Replay keys (webhook deliveries) remembered at once, each about 200 bytes; only
-/// verified deliveries are remembered.
-const REPLAY_KEYS_REMEMBERED: usize = 100_000;
 
 /// One gateway node; shared by every handler and task through an `Arc`.
 #[derive(Debug)]
@@ -43,7 +38,6 @@ pub struct Node {
     registry: Arc<StreamRegistry>,
     limiter: Arc<Limiter>,
     connections: Arc<ConnectionLimiter>,
-    replay_keys: IdempotencyCache,
     shutdown: Shutdown,
     settings: Settings,
 }
@@ -72,7 +66,6 @@ impl Node {
             registry,
             limiter: Limiter::with_overrides(limits, subject_limits),
             connections: ConnectionLimiter::new(limits.max_connections),
-            replay_keys: IdempotencyCache::new(config.webhooks.replay_window, REPLAY_KEYS_REMEMBERED),
             shutdown: Shutdown::new(),
             settings: Settings {
                 max_event_bytes: limits.max_event_bytes,

@@ -1,16 +1,17 @@
 //! The one publish path. Every way in hands the node validated [`NewEvent`]s (names
 //! and types are checked where they are parsed) with who publishes them; the node
 //! does everything else, in this order: draining, permission, batch and event
-//! sizes, the publisher's rate limit, replay key, ids and history through the
-//! broker, metrics, pacing.
+//! sizes, the publisher's rate limit, ids and history through the broker (which
+//! also keeps idempotency keys, so a retry is answered on any node), metrics,
+//! pacing.
 
 use std::time::Instant;
 
 use super::Node;
 use crate::auth::StreamPattern;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Published};
 use crate::event::{EventId, NewEvent};
-use crate::idempotency::{Claim, Fingerprint, StoredReply};
+use crate::idempotency::IdempotencyKey;
 use crate::limits::LimitError;
 use crate::metrics as m;
 use crate::stream::StreamName;
@@ -64,21 +65,13 @@ pub struct Publisher<'a> {
     pub allowed: Allowed<'a>,
 }
 
-/// A key that makes a repeated request answer the first one's reply.
-#[derive(Debug, Clone)]
-pub struct ReplayKey {
-    /// Unique within the deployment: the caller scopes it (a hook's stream, …).
-    pub key: String,
-    /// The request it was first used with; the same key with another is refused.
-    pub fingerprint: Fingerprint,
-}
-
 /// Events on their way in, with who publishes them.
 #[derive(Debug)]
 pub struct Publication<'a> {
     pub publisher: Publisher<'a>,
     pub events: Vec<NewEvent>,
-    pub replay_key: Option<ReplayKey>,
+    /// A repeated request with this key answers the first one's ids.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// Why a publication was refused, or could not be completed.
@@ -106,8 +99,8 @@ pub enum PublishError {
 
 impl Node {
     /// Publishes `publication`: when this returns `Ok`, every event is in the
-    /// history, and the ids are in request order. A repeated replay key returns the
-    /// first request's ids and publishes nothing.
+    /// history, and the ids are in request order. A repeated idempotency key returns
+    /// the first request's ids and publishes nothing.
     ///
     /// # Errors
     /// [`PublishError`]; nothing was stored unless it is
@@ -124,7 +117,7 @@ impl Node {
         let Publication {
             publisher,
             events,
-            replay_key,
+            idempotency,
         } = publication;
         if self.is_draining() {
             return Err(PublishError::Draining);
@@ -134,18 +127,14 @@ impl Node {
         }
         self.check_sizes(&events)?;
         self.limiter.admit_publish(publisher.subject, events.len())?;
-        let claim = match replay_key {
-            Some(ReplayKey { key, fingerprint }) => match self.replay_keys.claim(key, fingerprint) {
-                Claim::New(guard) => Some(guard),
-                Claim::Replay(reply) => return Ok(reply.ids),
-                Claim::InProgress => return Err(PublishError::InProgress),
-                Claim::Conflict => return Err(PublishError::KeyReused),
-            },
-            None => None,
-        };
         let started = Instant::now();
         let count = events.len() as u64;
-        let ids = self.broker.publish(events).await?;
+        let ids = match self.broker.publish(events, idempotency.as_ref()).await? {
+            Published::New(ids) => ids,
+            Published::Repeated(ids) => return Ok(ids),
+            Published::KeyConflict => return Err(PublishError::KeyReused),
+            Published::KeyInProgress => return Err(PublishError::InProgress),
+        };
         // Let the subscriber tasks this publish woke write first, then acknowledge: the
         // fan-out reaches the sockets in one burst ahead of the reply, and a publisher
         // that sends as fast as acknowledgements come back is paced by delivery instead
@@ -153,12 +142,6 @@ impl Node {
         tokio::task::yield_now().await;
         metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
         metrics::counter!(m::EVENTS_PUBLISHED, "source" => publisher.source.label()).increment(count);
-        if let Some(claim) = claim {
-            claim.complete(StoredReply {
-                ids: ids.clone(),
-                batch: false,
-            });
-        }
         Ok(ids)
     }
 

@@ -15,6 +15,7 @@ mod delivery;
 mod demo;
 mod disk;
 mod dockerfile;
+mod failover;
 mod faults;
 mod hardening;
 mod interop;

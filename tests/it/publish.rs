@@ -216,3 +216,38 @@ async fn ids_are_strictly_increasing_across_streams() {
         previous = Some(id);
     }
 }
+
+#[tokio::test]
+async fn an_idempotency_key_makes_a_retry_answer_the_original_ids() {
+    let server = TestServer::start_default().await;
+    let mut stream = server.subscribe(&["idem"], None).await;
+    let post = |body: serde_json::Value, key: &str| {
+        server
+            .http
+            .post(server.url("/events"))
+            .bearer_auth(server.token(&[], &["*"]))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = post(json!({"stream":"idem","data":"once"}), "k-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let retry = post(json!({"stream":"idem","data":"once"}), "k-1").await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    assert_eq!(retry.json::<serde_json::Value>().await.unwrap(), first);
+    let reused = post(json!({"stream":"idem","data":"other"}), "k-1").await.unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        reused.json::<serde_json::Value>().await.unwrap()["error"],
+        "idempotency_key_reused"
+    );
+    for bad in ["", "has space", &"x".repeat(256)] {
+        let response = post(json!({"stream":"idem","data":"x"}), bad).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    // Published once: the next event after it is the marker.
+    let marker = server.publish("idem", None, json!("marker")).await;
+    assert_eq!(stream.next_event().await.id.as_deref(), first["id"].as_str());
+    assert_eq!(stream.next_event().await.id, Some(marker));
+}

@@ -22,9 +22,10 @@ use tokio::sync::oneshot;
 use super::BrokerError;
 use super::held::Evicted;
 use crate::event::{EventId, Frame};
+use crate::idempotency::ClaimGuard;
 use crate::stream::StreamName;
 
-pub use store::{DataDir, Opened, StoreError, StoredEvent};
+pub use store::{DataDir, Opened, StoreError, StoredEvent, StoredKey};
 
 /// Events written in one batch at most.
 pub const MAX_GROUP_EVENTS: usize = 4096;
@@ -41,6 +42,14 @@ pub struct Staged {
     pub stored: StoredEvent,
 }
 
+/// The idempotency key a publish answers, written with its events.
+#[derive(Debug)]
+pub struct StagedKey {
+    pub stored: StoredKey,
+    /// Completed once the events are durable; dropped on failure, freeing the key.
+    pub claim: ClaimGuard,
+}
+
 /// Applies committed events to the held history and the registry, in id order,
 /// returning what that evicted.
 pub type Apply = Box<dyn FnMut(Vec<Staged>) -> Evicted + Send>;
@@ -48,6 +57,7 @@ pub type Apply = Box<dyn FnMut(Vec<Staged>) -> Evicted + Send>;
 enum Entry {
     Publish {
         events: Vec<Staged>,
+        key: Option<StagedKey>,
         reply: oneshot::Sender<Result<(), BrokerError>>,
     },
     /// Write pending evictions even without a publish.
@@ -102,13 +112,17 @@ impl Journal {
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the journal is full or stopped.
-    pub fn submit(&self, events: Vec<Staged>) -> Result<oneshot::Receiver<Result<(), BrokerError>>, BrokerError> {
+    pub fn submit(
+        &self,
+        events: Vec<Staged>,
+        key: Option<StagedKey>,
+    ) -> Result<oneshot::Receiver<Result<(), BrokerError>>, BrokerError> {
         let (reply, answer) = oneshot::channel();
         let sender = lock(&self.sender);
         let Some(sender) = sender.as_ref() else {
             return Err(BrokerError::Unavailable("the disk journal is stopped".to_owned()));
         };
-        match sender.try_send(Entry::Publish { events, reply }) {
+        match sender.try_send(Entry::Publish { events, key, reply }) {
             Ok(()) => Ok(answer),
             Err(TrySendError::Full(_)) => Err(BrokerError::Unavailable(
                 "the disk journal is behind; retry shortly".to_owned(),
@@ -167,8 +181,15 @@ fn write_loop(
             })
             .map(|staged| &staged.stored)
             .collect();
+        let keys: Vec<&StoredKey> = group
+            .iter()
+            .filter_map(|entry| match entry {
+                Entry::Publish { key: Some(key), .. } => Some(&key.stored),
+                _ => None,
+            })
+            .collect();
         let newest = stored.last().map(|event| event.id);
-        if let Err(error) = dir.commit(&stored, &evicted, floor) {
+        if let Err(error) = dir.commit(&stored, &keys, &evicted, floor) {
             tracing::error!(%error, "cannot write to the data directory; publishes answer 503");
             lock(forgets).absorb(evicted);
             for entry in group {
@@ -179,9 +200,12 @@ fn write_loop(
             continue;
         }
         for entry in group {
-            if let Entry::Publish { events, reply } = entry {
+            if let Entry::Publish { events, key, reply } = entry {
                 let more = apply(events);
                 lock(forgets).absorb(more);
+                if let Some(StagedKey { stored, claim }) = key {
+                    claim.complete(stored.ids);
+                }
                 let _ = reply.send(Ok(()));
             }
         }
@@ -195,7 +219,7 @@ fn write_loop(
     }
     // Closing: what is still pending, then the final acknowledged id.
     let evicted = std::mem::take(&mut *lock(forgets));
-    if let Err(error) = dir.commit(&[], &evicted, evicted.floor.unwrap_or(floor).max(floor)) {
+    if let Err(error) = dir.commit(&[], &[], &evicted, evicted.floor.unwrap_or(floor).max(floor)) {
         tracing::warn!(%error, "cannot write the last evictions; they are applied again at start");
     }
     if let Some(id) = acknowledged {

@@ -6,7 +6,8 @@
 //! DIR/lock               held (flock) while a gateway uses the directory
 //! DIR/acknowledged       the newest id acknowledged, rewritten about once a second
 //! DIR/store/             fjall: partitions `events` (id -> stream, type, time, data),
-//!                        `known_after` (stream -> id), `meta` (last_id, floor)
+//!                        `known_after` (stream -> id), `meta` (last_id, floor),
+//!                        `keys` (idempotency key -> fingerprint, expiry, ids)
 //! ```
 //!
 //! fjall (pure Rust, LSM tree with a write-ahead journal) was chosen over redb after
@@ -27,6 +28,7 @@ use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use crate::broker::held::Evicted;
 use crate::event::{EventId, EventType};
+use crate::idempotency::Fingerprint;
 use crate::metrics as m;
 use crate::stream::StreamName;
 
@@ -56,6 +58,16 @@ pub struct StoredEvent {
     pub published_ms: u64,
 }
 
+/// An idempotency key as stored: the ids it answers until it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key: String,
+    pub fingerprint: Fingerprint,
+    /// Milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+    pub ids: Vec<EventId>,
+}
+
 /// What the directory held when it was opened.
 #[derive(Debug)]
 pub struct Opened {
@@ -75,6 +87,7 @@ pub struct DataDir {
     events: PartitionHandle,
     known_after: PartitionHandle,
     meta: PartitionHandle,
+    keys: PartitionHandle,
     fsync: bool,
 }
 
@@ -148,6 +161,7 @@ impl DataDir {
             events: open("events")?,
             known_after: open("known_after")?,
             meta: open("meta")?,
+            keys: open("keys")?,
             keyspace,
             path: path.to_owned(),
             _lock: lock,
@@ -246,17 +260,43 @@ impl DataDir {
         Ok(count)
     }
 
-    /// Writes `events` and mirrors `evicted` in one batch, with `last_id` and the
-    /// floor, then makes it durable (fsync, unless configured off). When this
-    /// returns `Ok`, the events survive a crash.
+    /// Calls `load` with every stored idempotency key.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds a key it cannot decode.
+    pub fn for_each_key(&self, mut load: impl FnMut(StoredKey)) -> Result<(), StoreError> {
+        for entry in self.keys.iter() {
+            let (key, value) = entry.map_err(|error| self.store_error(error))?;
+            let stored = decode_key(&key, &value)
+                .ok_or_else(|| self.invalid("an idempotency key cannot be decoded".to_owned()))?;
+            load(stored);
+        }
+        Ok(())
+    }
+
+    /// Writes `events` (and the idempotency `keys` they answer) and mirrors
+    /// `evicted` in one batch, with `last_id` and the floor, then makes it durable
+    /// (fsync, unless configured off). When this returns `Ok`, they survive a crash.
     ///
     /// # Errors
     /// [`StoreError`] when the write or the sync failed; nothing is acknowledged.
-    pub fn commit(&self, events: &[&StoredEvent], evicted: &Evicted, floor: EventId) -> Result<(), StoreError> {
+    pub fn commit(
+        &self,
+        events: &[&StoredEvent],
+        keys: &[&StoredKey],
+        evicted: &Evicted,
+        floor: EventId,
+    ) -> Result<(), StoreError> {
         let started = Instant::now();
         let mut batch = self.keyspace.batch();
         for event in events {
             batch.insert(&self.events, event.id.as_u64().to_be_bytes(), encode(event));
+        }
+        for key in keys {
+            batch.insert(&self.keys, key.key.as_str(), encode_key(key));
+        }
+        for key in &evicted.keys {
+            batch.remove(&self.keys, key.as_str());
         }
         for id in &evicted.ids {
             batch.remove(&self.events, id.as_u64().to_be_bytes());
@@ -316,6 +356,34 @@ fn encode(event: &StoredEvent) -> Vec<u8> {
     value.extend_from_slice(&event.published_ms.to_be_bytes());
     value.extend_from_slice(event.data.as_bytes());
     value
+}
+
+/// `fingerprint (32), expires ms (u64), ids (u64 each)`.
+fn encode_key(key: &StoredKey) -> Vec<u8> {
+    let mut value = Vec::with_capacity(40 + 8 * key.ids.len());
+    value.extend_from_slice(&key.fingerprint);
+    value.extend_from_slice(&key.expires_ms.to_be_bytes());
+    for id in &key.ids {
+        value.extend_from_slice(&id.as_u64().to_be_bytes());
+    }
+    value
+}
+
+fn decode_key(key: &[u8], value: &[u8]) -> Option<StoredKey> {
+    let (fingerprint, rest) = value.split_at_checked(32)?;
+    let (expires_ms, ids) = rest.split_at_checked(8)?;
+    if ids.len() % 8 != 0 {
+        return None;
+    }
+    Some(StoredKey {
+        key: String::from_utf8(key.to_vec()).ok()?,
+        fingerprint: fingerprint.try_into().ok()?,
+        expires_ms: u64::from_be_bytes(expires_ms.try_into().ok()?),
+        ids: ids
+            .chunks_exact(8)
+            .map(|id| EventId::from_u64(u64::from_be_bytes(id.try_into().unwrap_or_default())))
+            .collect(),
+    })
 }
 
 fn decode(key: &[u8], value: &[u8]) -> Option<StoredEvent> {
@@ -400,10 +468,21 @@ mod tests {
                 known_after: vec![(StreamName::try_new("a.b").unwrap(), EventId::from_u64(1))],
                 ..Evicted::default()
             };
+            let key = StoredKey {
+                key: "k".to_owned(),
+                fingerprint: [3; 32],
+                expires_ms: 9,
+                ids: vec![EventId::from_u64(2), EventId::from_u64(3)],
+            };
             store
-                .commit(&[&event(1), &event(2), &event(3)], &Evicted::default(), EventId::ZERO)
+                .commit(
+                    &[&event(1), &event(2), &event(3)],
+                    &[&key],
+                    &Evicted::default(),
+                    EventId::ZERO,
+                )
                 .unwrap();
-            store.commit(&[], &evicted, EventId::ZERO).unwrap();
+            store.commit(&[], &[], &evicted, EventId::ZERO).unwrap();
             store.record_acknowledged(EventId::from_u64(3)).unwrap();
         }
         let (store, opened) = DataDir::open(dir.path(), true).unwrap();
@@ -412,6 +491,10 @@ mod tests {
         let mut ids = Vec::new();
         store.for_each_event(|event| ids.push(event.id.as_u64())).unwrap();
         assert_eq!(ids, [2, 3]);
+        let mut keys = Vec::new();
+        store.for_each_key(|key| keys.push(key)).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].expires_ms, keys[0].ids.len()), (9, 2));
     }
 
     #[test]
@@ -419,7 +502,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (store, _) = DataDir::open(dir.path(), true).unwrap();
-            store.commit(&[&event(1)], &Evicted::default(), EventId::ZERO).unwrap();
+            store
+                .commit(&[&event(1)], &[], &Evicted::default(), EventId::ZERO)
+                .unwrap();
             store.record_acknowledged(EventId::from_u64(5)).unwrap();
         }
         let error = DataDir::open(dir.path(), true).unwrap_err();

@@ -1,6 +1,9 @@
-//! The notification listener: one task per node that owns the Redis pub/sub link.
+//! The notification listener: one task per node that owns the node's link to Redis.
 //!
-//! It subscribes to the channel of every stream with local subscribers (on request,
+//! It finds the master (directly or through Sentinel), connects, verifies it
+//! ([`super::verify`]) before handing out command connections, and verifies it again
+//! at every health check. It subscribes to the channel of every stream with local
+//! subscribers (on request,
 //! confirming before the subscriber reads its replay), drops channels no local
 //! subscriber needs, delivers notifications to the registry in the order Redis
 //! sent them, and keeps a cursor: the newest id it has delivered or knows to be
@@ -16,13 +19,15 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use redis::aio::{ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, encode_frame, id_from_redis, id_to_redis};
+use super::link::connect;
+use super::reply::encode_frame;
+use super::verify::{Instance, Verdict};
+use super::{Shared, id_from_redis, id_to_redis};
 use crate::broker::BrokerError;
-use crate::config::RedisConfig;
 use crate::event::EventId;
 use crate::history;
 use crate::metrics as m;
@@ -43,7 +48,6 @@ const RECLAIM_EVERY_TICKS: u64 = 10;
 
 pub(super) struct Listener {
     shared: Arc<Shared>,
-    config: RedisConfig,
     sink: Option<PubSubSink>,
     messages: Option<PubSubStream>,
     channels: HashSet<StreamName>,
@@ -54,10 +58,9 @@ pub(super) struct Listener {
 }
 
 impl Listener {
-    pub(super) fn new(shared: Arc<Shared>, config: RedisConfig) -> Self {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            config,
             sink: None,
             messages: None,
             channels: HashSet::new(),
@@ -69,17 +72,18 @@ impl Listener {
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<ListenerCommand>, stop: CancellationToken) {
-        let mut health = tokio::time::interval(self.config.health_interval);
+        let mut health = tokio::time::interval(self.shared.settings.redis.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 Some(command) = commands.recv() => self.handle(command).await,
                 message = next_message(&mut self.messages) => match message {
-                    Some(message) => self.on_message(&message),
+                    Some(message) => self.on_message(&message).await,
                     None => self.on_link_lost(),
                 },
                 _ = health.tick() => self.check_health().await,
+                () = self.shared.reconnect.notified() => self.check_health().await,
             }
         }
     }
@@ -102,32 +106,43 @@ impl Listener {
             return Ok(());
         }
         let names: Vec<String> = new.iter().map(|s| self.shared.keys.channel(s)).collect();
-        match tokio::time::timeout(self.config.response_timeout, sink.subscribe(&names)).await {
-            Ok(Ok(())) => {
-                self.channels.extend(new.into_iter().cloned());
-                Ok(())
-            }
-            Ok(Err(error)) => Err(BrokerError::Unavailable(format!("redis subscribe: {error}"))),
-            Err(_) => Err(BrokerError::Unavailable("redis subscribe timed out".to_owned())),
+        let subscribed =
+            tokio::time::timeout(self.shared.settings.redis.response_timeout, sink.subscribe(&names)).await;
+        self.channels.extend(new.into_iter().cloned());
+        match subscribed {
+            Ok(Ok(())) => Ok(()),
+            // The link broke under us (a failover closes clients): connect again,
+            // which subscribes every channel, these included.
+            Ok(Err(_)) | Err(_) => self.reconnect().await,
         }
     }
 
-    fn on_message(&mut self, message: &redis::Msg) {
+    async fn on_message(&mut self, message: &redis::Msg) {
         let Some(stream) = self.shared.keys.stream_of_channel(message.get_channel_name()) else {
             return;
         };
         let payload = String::from_utf8_lossy(message.get_payload_bytes());
-        let mut parts = payload.splitn(3, '\n');
-        let (Some(id), Some(event_type), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = payload.splitn(4, '\n');
+        let (Some(epoch), Some(id), Some(event_type), Some(data)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             tracing::warn!("malformed notification ignored");
             return;
         };
+        if self.epoch.as_deref().is_some_and(|known| known != epoch) {
+            // Redis lost its data since the last event: tell subscribers first, then
+            // deliver from history (this event included).
+            tracing::warn!("Redis lost its data (new epoch); sending gap notices");
+            self.recover().await;
+            return;
+        }
         let Ok(id) = id_from_redis(id) else { return };
         // Recovery may already have delivered it.
         if self.cursor.is_some_and(|cursor| id <= cursor) {
             return;
         }
         self.lag.record(lag_seconds(id));
+        self.shared.observe(id);
         self.shared
             .registry
             .deliver(&stream, &Arc::new(encode_frame(id, event_type, data)));
@@ -143,73 +158,88 @@ impl Listener {
 
     async fn check_health(&mut self) {
         self.ticks += 1;
-        if self.shared.connections.is_empty() {
-            self.connect_commands().await;
-        }
-        if self.messages.is_none() {
-            self.connect_notifications().await;
-        }
-        let cursor = self.cursor.unwrap_or(EventId::ZERO);
-        match self.shared.read_history(&[], &id_to_redis(cursor)).await {
-            Ok(history) => {
-                self.shared.commands_ok.store(true, Ordering::Release);
-                if self.epoch.as_ref().is_some_and(|epoch| *epoch != history.epoch) {
-                    tracing::warn!("Redis lost its data (new epoch); sending gap notices");
-                    self.recover().await;
-                }
-            }
-            Err(error) => {
-                self.shared.commands_ok.store(false, Ordering::Release);
+        if !self.shared.commands_ok.load(Ordering::Acquire) || self.messages.is_none() {
+            if let Err(error) = self.reconnect().await {
                 metrics::counter!(m::BACKEND_ERRORS, "reason" => "health_check").increment(1);
-                tracing::debug!(%error, "Redis health check failed");
+                tracing::debug!(%error, "cannot reach a verified Redis master yet");
             }
+        } else if let Err(error) = self.reverify().await {
+            metrics::counter!(m::BACKEND_ERRORS, "reason" => "health_check").increment(1);
+            tracing::warn!(%error, "Redis health check failed; reconnecting");
+            self.disconnect();
         }
         self.drop_unused_channels().await;
-        if self.shared.ttl_ms > 0 && self.ticks.is_multiple_of(RECLAIM_EVERY_TICKS) {
+        if self.shared.settings.ttl_ms > 0 && self.ticks.is_multiple_of(RECLAIM_EVERY_TICKS) {
             self.reclaim().await;
         }
     }
 
-    async fn connect_commands(&self) {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.connect_timeout))
-            .set_response_timeout(Some(self.config.response_timeout))
-            .set_number_of_retries(1);
-        let mut managers = Vec::with_capacity(self.config.connections);
-        for _ in 0..self.config.connections {
-            let connect = self.shared.client.get_connection_manager_with_config(config.clone());
-            match tokio::time::timeout(self.config.connect_timeout, connect).await {
-                Ok(Ok(manager)) => managers.push(manager),
-                _ => return,
-            }
-        }
-        self.shared.connections.set(managers);
-        tracing::info!("connected to Redis");
+    fn disconnect(&mut self) {
+        self.shared.commands_ok.store(false, Ordering::Release);
+        self.shared.connections.clear();
+        self.on_link_lost();
     }
 
-    async fn connect_notifications(&mut self) {
-        let connect = self.shared.client.get_async_pubsub();
-        let Ok(Ok(pubsub)) = tokio::time::timeout(self.config.connect_timeout, connect).await else {
-            return;
-        };
+    /// Finds the master, connects, verifies it, then subscribes and catches up.
+    async fn reconnect(&mut self) -> Result<(), BrokerError> {
+        self.disconnect();
+        let settings = &self.shared.settings.redis;
+        let client = tokio::time::timeout(settings.connect_timeout, self.shared.endpoint.master())
+            .await
+            .map_err(|_| BrokerError::Unavailable("finding the master timed out".to_owned()))??;
+        let mut connections = Vec::with_capacity(settings.connections);
+        for _ in 0..settings.connections {
+            connections.push(connect(&client, settings).await?);
+        }
+        let instance = Instance::query(&mut connections[0]).await?;
+        let verdict = self.shared.verify(&mut connections[0], &instance).await?;
+        let pubsub = tokio::time::timeout(settings.connect_timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| BrokerError::Unavailable("pub/sub connection timed out".to_owned()))?
+            .map_err(|error| BrokerError::Unavailable(format!("pub/sub connection: {error}")))?;
         let (mut sink, messages) = pubsub.split();
         let names: Vec<String> = self.channels.iter().map(|s| self.shared.keys.channel(s)).collect();
         if !names.is_empty() {
-            let subscribed = tokio::time::timeout(self.config.response_timeout, sink.subscribe(&names)).await;
-            if !matches!(subscribed, Ok(Ok(()))) {
-                return;
+            match tokio::time::timeout(settings.response_timeout, sink.subscribe(&names)).await {
+                Ok(Ok(())) => {}
+                _ => return Err(BrokerError::Unavailable("re-subscribing timed out".to_owned())),
             }
         }
+        self.shared.connections.set(connections);
+        self.shared.commands_ok.store(true, Ordering::Release);
         self.sink = Some(sink);
         self.messages = Some(messages);
         if self.cursor.is_some() {
             metrics::counter!(m::BACKEND_RECONNECTS).increment(1);
         }
+        tracing::info!(verdict = verdict.label(), "connected to a verified Redis master");
         if self.recover().await {
             self.shared.notifications_ok.store(true, Ordering::Release);
+            Ok(())
         } else {
-            self.on_link_lost();
+            self.disconnect();
+            Err(BrokerError::Unavailable("cannot read history to catch up".to_owned()))
         }
+    }
+
+    /// The periodic check on a healthy link: still the verified master? When the
+    /// data turned out to be missing events, live subscribers are told at once.
+    async fn reverify(&mut self) -> Result<(), BrokerError> {
+        let mut connection = self.shared.connections.get()?;
+        let instance = Instance::query(&mut connection).await?;
+        let verdict = self.shared.verify(&mut connection, &instance).await?;
+        if matches!(verdict, Verdict::Lost | Verdict::New) {
+            self.recover().await;
+            return Ok(());
+        }
+        // The epoch (a flush under a running node) is checked as recover does.
+        let cursor = self.cursor.unwrap_or(EventId::ZERO);
+        let history = self.shared.read_history(&[], &id_to_redis(cursor)).await?;
+        if self.epoch.as_ref().is_some_and(|epoch| *epoch != history.epoch) {
+            tracing::warn!("Redis lost its data (new epoch); sending gap notices");
+            self.recover().await;
+        }
+        Ok(())
     }
 
     /// Delivers what history holds after the cursor on every subscribed stream, in
@@ -254,7 +284,9 @@ impl Listener {
             return;
         }
         let names: Vec<String> = unused.iter().map(|s| self.shared.keys.channel(s)).collect();
-        if let Ok(Ok(())) = tokio::time::timeout(self.config.response_timeout, sink.unsubscribe(&names)).await {
+        if let Ok(Ok(())) =
+            tokio::time::timeout(self.shared.settings.redis.response_timeout, sink.unsubscribe(&names)).await
+        {
             for stream in &unused {
                 self.channels.remove(stream);
             }
@@ -271,7 +303,7 @@ impl Listener {
             .key(self.shared.keys.idle())
             .key(self.shared.keys.trimmed())
             .arg(&self.shared.keys.prefix)
-            .arg(self.shared.ttl_ms);
+            .arg(self.shared.settings.ttl_ms);
         if let Err(error) = invocation.invoke_async::<i64>(&mut connection).await {
             tracing::debug!(%error, "reclaiming idle streams failed");
         }

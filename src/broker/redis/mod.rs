@@ -3,40 +3,48 @@
 //!
 //! Publish runs one Lua script that assigns ids (from a Redis Stream's `ms-seq`
 //! ids, so they are unique and increasing across all nodes), appends each event to
-//! its stream's history (a Redis Stream trimmed to the buffer size and age) and
-//! publishes a notification, atomically. Each node's [`listener`] subscribes to the
-//! channels of the streams its own subscribers need, receives notifications in id
-//! order on one connection, encodes each event once and feeds the local registry.
-//! `listen` waits for the channel subscription, `read` is one atomic script over
-//! several streams, so listen-then-read is exact (the node drops seam duplicates).
+//! its stream's history (a Redis Stream trimmed to the buffer size and age),
+//! records its idempotency key, and publishes a notification, atomically; with
+//! `min_replicas` it then waits (`WAIT`) until that many replicas hold it. Each
+//! node's [`listener`] subscribes to the channels of the streams its own
+//! subscribers need, receives notifications in id order on one connection, encodes
+//! each event once and feeds the local registry. `listen` waits for the channel
+//! subscription, `read` is one atomic script over several streams, so
+//! listen-then-read is exact (the node drops seam duplicates).
 //!
-//! Faults: publishes and new subscriptions answer 503 while Redis is unreachable;
-//! `/readyz` fails; connected subscribers stay connected; when the link returns, the
-//! listener re-subscribes and delivers what was stored meanwhile from history (or a
-//! gap notice where history no longer holds it). A Redis that lost its data is
-//! noticed by its missing epoch: clients get gap notices, ids keep increasing.
+//! Faults: a node publishes and reads only through connections to a master it has
+//! verified ([`link`], [`verify`]); any connection failure drops them, and the
+//! listener finds the master again (directly or through Sentinel) and verifies it.
+//! Meanwhile publishes answer 503 (not sent) and `/readyz` fails; a publish sent
+//! but not answered is 504 (outcome unknown). Connected subscribers stay
+//! connected; when the link returns, the listener catches them up from history, or
+//! sends gap notices where history no longer holds what they missed.
 
+mod link;
 mod listener;
+mod reply;
 mod scripts;
+mod verify;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
-use redis::aio::ConnectionManager;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError};
-use crate::config::Config;
-use crate::event::{EventId, EventType, Frame, NewEvent};
-use crate::history::{HistoryRead, StreamHistory as StreamRead};
-use crate::sse;
+use super::{Broker, BrokerError, Published};
+use crate::config::{Config, RedisConfig};
+use crate::event::{EventId, EventType, NewEvent};
+use crate::history::HistoryRead;
+use crate::idempotency::IdempotencyKey;
 use crate::stream::{StreamName, StreamRegistry};
 
+use link::{Connections, Endpoint};
 use listener::{Listener, ListenerCommand};
+use reply::RedisHistory;
 
 /// A Redis Stream id `ms-seq` as a gateway id.
 fn id_from_redis(text: &str) -> Result<EventId, BrokerError> {
@@ -79,55 +87,70 @@ impl Keys {
     }
 }
 
-/// Command connections, created in the background and replaced when lost.
-#[derive(Debug, Default)]
-struct Connections {
-    managers: Mutex<Vec<ConnectionManager>>,
-    next: AtomicUsize,
+/// What the broker takes from `[backend.redis]` and `[streams]`.
+#[derive(Debug, Clone)]
+struct Settings {
+    redis: RedisConfig,
+    buffer_size: usize,
+    ttl_ms: u64,
+    min_replicas: usize,
+    min_replicas_timeout: Duration,
+    trust_restarts: bool,
 }
 
-impl Connections {
-    fn get(&self) -> Result<ConnectionManager, BrokerError> {
-        let managers = self.managers.lock().unwrap_or_else(PoisonError::into_inner);
-        if managers.is_empty() {
-            return Err(BrokerError::Unavailable("not connected to Redis".to_owned()));
-        }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % managers.len();
-        Ok(managers[index].clone())
-    }
-
-    fn set(&self, managers: Vec<ConnectionManager>) {
-        *self.managers.lock().unwrap_or_else(PoisonError::into_inner) = managers;
-    }
-
-    fn is_empty(&self) -> bool {
-        self.managers.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
-    }
-}
-
-/// State shared by the backend and its listener task.
+/// State shared by the broker and its listener task.
 #[derive(Debug)]
 struct Shared {
-    client: redis::Client,
+    endpoint: Endpoint,
     keys: Keys,
     connections: Connections,
     registry: Arc<StreamRegistry>,
-    buffer_size: usize,
-    ttl_ms: u64,
-    /// Proposed epoch if this node finds Redis without one.
+    settings: Settings,
+    /// This node's part of a new epoch's name (a random value per process).
     epoch_seed: String,
     publish_script: redis::Script,
     replay_script: redis::Script,
     reclaim_script: redis::Script,
-    /// Whether the last health check reached Redis.
+    verify_script: redis::Script,
+    /// Whether the node holds connections to a verified master.
     commands_ok: AtomicBool,
     /// Whether the notification link is subscribed and caught up.
     notifications_ok: AtomicBool,
+    /// The newest id this node knows the deployment issued (acknowledged or
+    /// delivered): evidence against a Redis that no longer reaches it.
+    high_water: AtomicU64,
+    /// Wakes the listener to reconnect at once after a connection failed.
+    reconnect: Notify,
 }
 
 impl Shared {
     fn unavailable(error: &redis::RedisError) -> BrokerError {
         BrokerError::Unavailable(format!("redis: {error}"))
+    }
+
+    /// A fresh epoch name, unique to this creation (two flushes in a row differ).
+    fn new_epoch(&self) -> String {
+        let mut nonce = [0_u8; 8];
+        rand::Rng::fill(&mut rand::rng(), &mut nonce);
+        format!("{}-{}", self.epoch_seed, hex::encode(nonce))
+    }
+
+    fn observe(&self, id: EventId) {
+        self.high_water.fetch_max(id.as_u64(), Ordering::AcqRel);
+    }
+
+    /// A command failed: drop the connections until the master is verified again.
+    fn connection_failed(&self, error: &redis::RedisError) {
+        let connection_level = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || matches!(error.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"));
+        if connection_level {
+            self.commands_ok.store(false, Ordering::Release);
+            self.connections.clear();
+            self.reconnect.notify_one();
+        }
     }
 
     /// Runs the replay script for `streams` after `after`.
@@ -139,145 +162,44 @@ impl Shared {
             .key(self.keys.seq())
             .key(self.keys.trimmed())
             .arg(&self.keys.prefix)
-            .arg(self.buffer_size)
-            .arg(self.ttl_ms)
-            .arg(&self.epoch_seed)
+            .arg(self.settings.buffer_size)
+            .arg(self.settings.ttl_ms)
+            .arg(self.new_epoch())
             .arg(after);
         for stream in streams {
             invocation.arg(stream.as_str());
         }
-        let value: Value = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|error| Self::unavailable(&error))?;
+        let value: Value = invocation.invoke_async(&mut connection).await.map_err(|error| {
+            self.connection_failed(&error);
+            Self::unavailable(&error)
+        })?;
         RedisHistory::parse(&value)
     }
-}
 
-/// One consistent read of several streams' history, as the script returns it.
-#[derive(Debug)]
-struct RedisHistory {
-    epoch: String,
-    floor: EventId,
-    reclaimed: EventId,
-    last_issued: EventId,
-    streams: Vec<StreamHistory>,
-}
-
-#[derive(Debug)]
-struct StreamHistory {
-    name: StreamName,
-    present: bool,
-    trimmed_through: EventId,
-    frames: Vec<Arc<Frame>>,
-}
-
-impl RedisHistory {
-    fn parse(value: &Value) -> Result<Self, BrokerError> {
-        let items = array(value)?;
-        let [epoch, floor, reclaimed, last, streams @ ..] = items else {
-            return Err(malformed());
-        };
-        let streams = streams.iter().map(StreamHistory::parse).collect::<Result<_, _>>()?;
-        Ok(Self {
-            epoch: text(epoch)?,
-            floor: id_from_redis(&text(floor)?)?,
-            reclaimed: id_from_redis(&text(reclaimed)?)?,
-            last_issued: id_from_redis(&text(last)?)?,
-            streams,
-        })
-    }
-
-    /// The read as the node's gap logic takes it: a stream's events are known
-    /// above the epoch's floor and above what its history lost (trimmed, or the whole
-    /// history reclaimed).
-    fn into_read(self) -> HistoryRead {
-        let streams = self
-            .streams
-            .into_iter()
-            .map(|stream| {
-                let lost = if stream.present {
-                    stream.trimmed_through
-                } else {
-                    self.reclaimed
-                };
-                StreamRead {
-                    name: stream.name,
-                    known_after: lost.max(self.floor),
-                    frames: stream.frames,
-                }
-            })
-            .collect();
-        HistoryRead {
-            last_issued: self.last_issued,
-            streams,
+    /// Waits until `min_replicas` replicas hold every write sent on `connection`.
+    async fn wait_for_replicas(&self, connection: &mut redis::aio::MultiplexedConnection) -> Result<(), BrokerError> {
+        let wanted = self.settings.min_replicas;
+        if wanted == 0 {
+            return Ok(());
         }
-    }
-}
-
-impl StreamHistory {
-    fn parse(value: &Value) -> Result<Self, BrokerError> {
-        let [name, present, trimmed_through, entries] = array(value)? else {
-            return Err(malformed());
-        };
-        let name = StreamName::try_new(&text(name)?).map_err(|_| malformed())?;
-        let present = matches!(present, Value::Int(1));
-        let frames = array(entries)?.iter().map(frame_from_entry).collect::<Result<_, _>>()?;
-        Ok(Self {
-            name,
-            present,
-            trimmed_through: id_from_redis(&text(trimmed_through)?)?,
-            frames,
-        })
-    }
-}
-
-/// `[id, [t, type, d, data]]` from XRANGE, encoded once.
-fn frame_from_entry(entry: &Value) -> Result<Arc<Frame>, BrokerError> {
-    let [id, fields] = array(entry)? else {
-        return Err(malformed());
-    };
-    let id = id_from_redis(&text(id)?)?;
-    let (mut event_type, mut data) = (String::new(), String::new());
-    for pair in array(fields)?.chunks(2) {
-        match (pair.first().map(text).transpose()?.as_deref(), pair.get(1)) {
-            (Some("t"), Some(value)) => event_type = text(value)?,
-            (Some("d"), Some(value)) => data = text(value)?,
-            _ => {}
+        let timeout_ms = u64::try_from(self.settings.min_replicas_timeout.as_millis()).unwrap_or(u64::MAX);
+        let confirmed: usize = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(timeout_ms)
+            .query_async(connection)
+            .await
+            .map_err(|error| {
+                self.connection_failed(&error);
+                BrokerError::Timeout(format!("redis WAIT: {error}"))
+            })?;
+        if confirmed < wanted {
+            return Err(BrokerError::Timeout(format!(
+                "stored on the master, but only {confirmed} of {wanted} replicas confirmed it within \
+                 backend.redis.min_replicas_timeout"
+            )));
         }
+        Ok(())
     }
-    Ok(Arc::new(encode_frame(id, &event_type, &data)))
-}
-
-/// Encodes an event read from Redis; an empty type means untyped.
-fn encode_frame(id: EventId, event_type: &str, data: &str) -> Frame {
-    // Types were validated at publish; an invalid one read back is dropped, not sent.
-    let event_type = EventType::try_new(event_type).ok();
-    Frame {
-        id,
-        published_at: Instant::now(),
-        bytes: sse::encode_event(id, event_type.as_ref(), data),
-    }
-}
-
-fn array(value: &Value) -> Result<&[Value], BrokerError> {
-    match value {
-        Value::Array(items) => Ok(items),
-        _ => Err(malformed()),
-    }
-}
-
-fn text(value: &Value) -> Result<String, BrokerError> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).map_err(|_| malformed()),
-        Value::SimpleString(text) => Ok(text.clone()),
-        Value::Int(number) => Ok(number.to_string()),
-        _ => Err(malformed()),
-    }
-}
-
-fn malformed() -> BrokerError {
-    BrokerError::Unavailable("unexpected reply from Redis".to_owned())
 }
 
 /// A failed publish: "not stored" when Redis refused it or was never reached,
@@ -303,39 +225,46 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Creates the broker and starts its listener, which connects (and reconnects)
     /// in the background: a node starts even while Redis is down, and is not ready
-    /// until Redis answers.
+    /// until a verified master answers.
     ///
     /// # Errors
-    /// [`BrokerError::Unavailable`] when the URL cannot be parsed.
+    /// [`BrokerError::Startup`] when the URL or a sentinel address cannot be read.
     pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<Self>, BrokerError> {
         let redis = &config.backend.redis;
         if redis.url.expose().starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; a second install is a no-op.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(redis.url.expose())
-            .map_err(|_| BrokerError::Unavailable("backend.redis.url is not a valid Redis URL".to_owned()))?;
         let mut seed = [0_u8; 8];
         rand::Rng::fill(&mut rand::rng(), &mut seed);
         let shared = Arc::new(Shared {
-            client,
+            endpoint: Endpoint::from_config(redis)?,
             keys: Keys {
                 prefix: redis.key_prefix.clone(),
             },
             connections: Connections::default(),
             registry,
-            buffer_size: config.streams.buffer_size,
-            ttl_ms: u64::try_from(config.streams.buffer_ttl.as_millis()).unwrap_or(u64::MAX),
+            settings: Settings {
+                redis: redis.clone(),
+                buffer_size: config.streams.buffer_size,
+                ttl_ms: u64::try_from(config.streams.buffer_ttl.as_millis()).unwrap_or(u64::MAX),
+                min_replicas: redis.min_replicas,
+                min_replicas_timeout: redis.min_replicas_timeout,
+                trust_restarts: redis.trust_restarts,
+            },
             epoch_seed: hex::encode(seed),
             publish_script: redis::Script::new(&scripts::publish()),
             replay_script: redis::Script::new(&scripts::replay()),
             reclaim_script: redis::Script::new(&scripts::reclaim()),
+            verify_script: redis::Script::new(&scripts::verify()),
             commands_ok: AtomicBool::new(false),
             notifications_ok: AtomicBool::new(false),
+            high_water: AtomicU64::new(0),
+            reconnect: Notify::new(),
         });
         let stop = CancellationToken::new();
         let (listener, commands) = mpsc::channel(1024);
-        tokio::spawn(Listener::new(Arc::clone(&shared), redis.clone()).run(commands, stop.clone()));
+        tokio::spawn(Listener::new(Arc::clone(&shared)).run(commands, stop.clone()));
         Ok(Arc::new(Self { shared, listener, stop }))
     }
 
@@ -355,13 +284,13 @@ impl RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<EventId>, BrokerError> {
+    async fn publish(&self, events: Vec<NewEvent>, key: Option<&IdempotencyKey>) -> Result<Published, BrokerError> {
         let shared = &self.shared;
-        // Known to be unreachable: refuse without sending, so the answer is a clean
-        // "not stored" (503) rather than "outcome unknown" (504).
+        // Not verified: refuse without sending, so the answer is a clean "not
+        // stored" (503) rather than "outcome unknown" (504).
         if !shared.commands_ok.load(Ordering::Acquire) {
             return Err(BrokerError::Unavailable(
-                "Redis did not answer the last health check".to_owned(),
+                "not connected to a verified Redis master".to_owned(),
             ));
         }
         let mut connection = shared.connections.get()?;
@@ -372,20 +301,40 @@ impl Broker for RedisBroker {
             .key(shared.keys.idle())
             .key(shared.keys.trimmed())
             .arg(&shared.keys.prefix)
-            .arg(shared.buffer_size)
-            .arg(shared.ttl_ms)
-            .arg(&shared.epoch_seed);
+            .arg(shared.settings.buffer_size)
+            .arg(shared.settings.ttl_ms)
+            .arg(shared.new_epoch())
+            .arg(key.map_or("", |key| key.key.as_str()))
+            .arg(key.map(|key| hex::encode(key.fingerprint)).unwrap_or_default())
+            .arg(key.map_or(0, |key| u64::try_from(key.ttl.as_millis()).unwrap_or(u64::MAX).max(1)));
         for event in &events {
             invocation
                 .arg(event.stream.as_str())
                 .arg(event.event_type.as_ref().map_or("", EventType::as_str))
                 .arg(event.data.as_str());
         }
-        let reply: Vec<String> = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|error| publish_error(&error))?;
-        reply.iter().skip(1).map(|id| id_from_redis(id)).collect()
+        let reply: Vec<String> = invocation.invoke_async(&mut connection).await.map_err(|error| {
+            shared.connection_failed(&error);
+            publish_error(&error)
+        })?;
+        let (status, ids) = reply.split_first().ok_or_else(reply::malformed)?;
+        let ids: Vec<EventId> = ids.iter().map(|id| id_from_redis(id)).collect::<Result<_, _>>()?;
+        if let Some(newest) = ids.last() {
+            shared.observe(*newest);
+        }
+        match status.as_str() {
+            "conflict" => return Ok(Published::KeyConflict),
+            "new" | "repeated" => {}
+            _ => return Err(reply::malformed()),
+        }
+        // A repeated key touched its entry, so this also waits for the first
+        // request's events to reach the replicas.
+        shared.wait_for_replicas(&mut connection).await?;
+        Ok(if status == "new" {
+            Published::New(ids)
+        } else {
+            Published::Repeated(ids)
+        })
     }
 
     async fn listen(&self, streams: &[StreamName]) -> Result<(), BrokerError> {

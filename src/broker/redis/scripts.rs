@@ -1,13 +1,17 @@
 //! Lua scripts run atomically by Redis. Keys, for prefix `P`:
 //! - `P` `meta`: hash `epoch` (changes when Redis lost its data), `floor` (every
-//!   event of this epoch has a greater id), `reclaimed` (events of streams whose
-//!   history key was reclaimed are known only above this id);
+//!   event that may have been lost has a smaller id: resumes from below it cannot
+//!   be proven complete), `reclaimed` (events of streams whose history key was
+//!   reclaimed are known only above this id), `instance` and `replid` (the Redis
+//!   instance and replication history a node last verified the data on);
 //! - `P` `seq`: a one-entry Redis Stream whose auto-generated `ms-seq` ids are the
 //!   gateway's ids: strictly increasing across all streams and nodes;
 //! - `P` `s:NAME`: a Redis Stream per gateway stream, trimmed to the buffer size/age;
 //! - `P` `idle`: sorted set of stream names by last publish, for reclamation;
 //! - `P` `trimmed`: hash of stream name → newest id removed from its history;
-//! - channel `P` `n:NAME`: one notification per event, `id \n type \n data`.
+//! - `P` `k:KEY`: an idempotency key: `fingerprint:id,id,…`, expiring with its window;
+//! - channel `P` `n:NAME`: one notification per event, `epoch \n id \n type \n data`
+//!   (the epoch lets a node notice a flush before it delivers what came after it).
 //!
 //! Redis Cluster is not supported: these scripts touch keys in many hash slots.
 
@@ -26,6 +30,11 @@ local function ensure_epoch(meta, seq, new_epoch)
   local floor = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
   redis.call('HSET', meta, 'epoch', new_epoch, 'floor', floor, 'reclaimed', '0-0')
   return new_epoch
+end
+local function last_id(seq)
+  local last = redis.call('XREVRANGE', seq, '+', '-', 'COUNT', 1)
+  if #last > 0 then return last[1][1] end
+  return '0-0'
 end
 local function now_ms()
   local t = redis.call('TIME')
@@ -57,29 +66,95 @@ end
 ";
 
 /// KEYS: meta, seq, idle, trimmed. ARGV: prefix, buffer_size, ttl_ms (0 = none),
-/// new_epoch, then `stream, type, data` per event. Returns `{epoch, id…}`.
+/// new_epoch, idempotency key ('' = none), its fingerprint, its ttl_ms, then
+/// `stream, type, data` per event. Returns `{'new', id…}`, `{'repeated', id…}` (the
+/// key's first ids; nothing stored, the key's entry touched so a WAIT after this
+/// covers it) or `{'conflict'}`.
 pub(super) fn publish() -> String {
     format!(
         "{PRELUDE}{}",
         r"
 local meta, seq, idle, trimmed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, size, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local key, fingerprint, key_ttl = ARGV[5], ARGV[6], ARGV[7]
+local key_name = prefix .. 'k:' .. key
+if key ~= '' then
+  local existing = redis.call('GET', key_name)
+  if existing then
+    local seen, ids = string.match(existing, '^(%x+):(.*)$')
+    if seen ~= fingerprint then return {'conflict'} end
+    redis.call('PEXPIRE', key_name, math.max(redis.call('PTTL', key_name), 1))
+    local result = {'repeated'}
+    for id in string.gmatch(ids, '[^,]+') do result[#result + 1] = id end
+    return result
+  end
+end
 local epoch = ensure_epoch(meta, seq, ARGV[4])
 local now = now_ms()
 local cutoff = nil
 if ttl > 0 then cutoff = now - ttl end
-local result = {epoch}
-for i = 5, #ARGV, 3 do
+local result = {'new'}
+for i = 8, #ARGV, 3 do
   local stream, kind, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local id = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
-  local key = prefix .. 's:' .. stream
-  redis.call('XADD', key, id, 't', kind, 'd', data)
-  trim(trimmed, key, stream, size, cutoff)
+  local history = prefix .. 's:' .. stream
+  redis.call('XADD', history, id, 't', kind, 'd', data)
+  trim(trimmed, history, stream, size, cutoff)
   if cutoff then redis.call('ZADD', idle, now, stream) end
-  redis.call('PUBLISH', prefix .. 'n:' .. stream, id .. '\n' .. kind .. '\n' .. data)
+  redis.call('PUBLISH', prefix .. 'n:' .. stream, epoch .. '\n' .. id .. '\n' .. kind .. '\n' .. data)
   result[#result + 1] = id
 end
+if key ~= '' then
+  redis.call('SET', key_name, fingerprint .. ':' .. table.concat(result, ',', 2), 'PX', key_ttl)
+end
 return result
+"
+    )
+}
+
+/// KEYS: meta, seq. ARGV: run_id, replid, replid2 of the instance, whether a
+/// promotion is proven safe ('1': every publish waited for a replica), whether a
+/// restart is ('1': trusted and the instance fsyncs every write), the newest id this
+/// node knows was issued (`ms-seq`), new_epoch. Decides whether the data on this
+/// instance can be missing acknowledged events; when it can, raises the floor to
+/// a fresh id (every resume from before gets a gap notice). Also makes sure new ids
+/// start above what the node knows was issued. Returns `{verdict, floor}`:
+/// `same` (the instance verified before), `proven`, `lost`, or `new` (no data).
+pub(super) fn verify() -> String {
+    format!(
+        "{PRELUDE}{}",
+        r"
+local meta, seq = KEYS[1], KEYS[2]
+local run_id, replid, replid2 = ARGV[1], ARGV[2], ARGV[3]
+local promotion_safe, restart_safe, known, new_epoch = ARGV[4] == '1', ARGV[5] == '1', ARGV[6], ARGV[7]
+local verdict
+if not redis.call('HGET', meta, 'epoch') then
+  ensure_epoch(meta, seq, new_epoch)
+  verdict = 'new'
+else
+  local state = redis.call('HMGET', meta, 'instance', 'replid')
+  local instance, known_replid = state[1], state[2]
+  if instance == run_id then
+    verdict = 'same'
+  elseif known_replid and replid2 == known_replid and promotion_safe then
+    verdict = 'proven'
+  elseif instance and restart_safe and replid2 ~= known_replid then
+    verdict = 'proven'
+  else
+    verdict = 'lost'
+  end
+end
+-- Evidence: an id this node knows was issued that the data does not reach.
+if id_lt(last_id(seq), known) then
+  redis.call('XADD', seq, 'MAXLEN', '1', known, 'e', '1')
+  verdict = 'lost'
+end
+if verdict == 'lost' then
+  local floor = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
+  redis.call('HSET', meta, 'floor', floor)
+end
+redis.call('HSET', meta, 'instance', run_id, 'replid', replid)
+return {verdict, redis.call('HGET', meta, 'floor')}
 "
     )
 }

@@ -5,6 +5,7 @@ pub mod browser;
 pub mod node;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod server;
 pub mod sse;
 

@@ -144,7 +144,7 @@ pub async fn try_publish(node: &Node, events: &[(&str, &str)]) -> Result<Vec<Eve
             allowed: Allowed::Any,
         },
         events: events.iter().map(|(stream, data)| event(stream, data)).collect(),
-        replay_key: None,
+        idempotency: None,
     })
     .await
 }

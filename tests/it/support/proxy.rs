@@ -16,7 +16,8 @@ pub struct ChaosProxy {
     pub addr: SocketAddr,
     blocked: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
-    paused: watch::Sender<bool>,
+    /// (hold what pub/sub connections receive, hold what every connection receives)
+    paused: watch::Sender<(bool, bool)>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -26,7 +27,7 @@ impl ChaosProxy {
         let addr = listener.local_addr().unwrap();
         let blocked = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0_u64);
-        let (paused, _) = watch::channel(false);
+        let (paused, _) = watch::channel((false, false));
         let accept = tokio::spawn(accept_loop(
             listener,
             target,
@@ -57,7 +58,14 @@ impl ChaosProxy {
     /// Holds back (without losing) what the server sends on pub/sub connections
     /// until called again with `false`.
     pub fn pause_subscriptions(&self, pause: bool) {
-        self.paused.send_replace(pause);
+        self.paused.send_modify(|(subscriptions, _)| *subscriptions = pause);
+    }
+
+    /// Holds back what the server sends on every connection (a replication link
+    /// that stops advancing) until called again with `false`, or until a cut
+    /// discards it.
+    pub fn hold(&self, hold: bool) {
+        self.paused.send_modify(|(_, all)| *all = hold);
     }
 }
 
@@ -73,7 +81,7 @@ async fn accept_loop(
     target: SocketAddr,
     blocked: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
-    paused: watch::Sender<bool>,
+    paused: watch::Sender<(bool, bool)>,
 ) {
     while let Ok((client, _)) = listener.accept().await {
         if blocked.load(Ordering::SeqCst) {
@@ -121,7 +129,7 @@ async fn downstream(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     is_pubsub: Arc<AtomicBool>,
-    mut paused: watch::Receiver<bool>,
+    mut paused: watch::Receiver<(bool, bool)>,
 ) {
     let mut buffer = vec![0_u8; 16 * 1024];
     loop {
@@ -129,7 +137,12 @@ async fn downstream(
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        if is_pubsub.load(Ordering::SeqCst) && paused.wait_for(|paused| !paused).await.is_err() {
+        let pubsub = is_pubsub.load(Ordering::SeqCst);
+        if paused
+            .wait_for(|(subscriptions, all)| !(*all || pubsub && *subscriptions))
+            .await
+            .is_err()
+        {
             return;
         }
         if to.write_all(&buffer[..read]).await.is_err() {

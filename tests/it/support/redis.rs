@@ -1,5 +1,6 @@
-//! A real `redis-server` per test on a free port, with no persistence, so tests
-//! never share state with each other or with a Redis already on this machine.
+//! A real `redis-server` per test on a free port, so tests never share state with
+//! each other or with a Redis already on this machine: without persistence, or
+//! persisting to its own temporary directory for tests that restart it from disk.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
@@ -10,17 +11,39 @@ use super::within;
 pub struct RedisServer {
     pub addr: SocketAddr,
     process: Option<Child>,
+    /// Persistence settings and their directory, when the server keeps data.
+    persistence: Option<(Vec<String>, tempfile::TempDir)>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server that persists to its own directory with `settings` (for example
+    /// `["--appendonly", "yes", "--appendfsync", "always"]`); nothing is saved
+    /// unless the settings or a `SAVE` say so.
+    pub async fn start_persistent(settings: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_with(Some((settings.iter().map(|s| (*s).to_owned()).collect(), dir))).await
+    }
+
+    async fn start_with(persistence: Option<(Vec<String>, tempfile::TempDir)>) -> Self {
         let port = StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             process: None,
+            persistence,
         };
         server.spawn().await;
         server
+    }
+
+    /// SIGKILL, then a new server on the same port and directory (it loads what was
+    /// persisted).
+    pub async fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn().await;
     }
 
     pub fn url(&self) -> String {
@@ -28,9 +51,14 @@ impl RedisServer {
     }
 
     async fn spawn(&mut self) {
-        let process = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.addr.port().to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", "", "--appendonly", "no"]);
+        if let Some((settings, dir)) = &self.persistence {
+            command.arg("--dir").arg(dir.path()).args(settings);
+        }
+        let process = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -119,7 +119,11 @@ impl TestServer {
         let response = within("subscribe response", request.send())
             .await
             .expect("subscribe request");
-        assert_eq!(response.status(), StatusCode::OK, "subscribe failed");
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = response.text().await.unwrap_or_default();
+            panic!("subscribe failed with {status}: {body}");
+        }
         SseStream::new(response)
     }
 
