@@ -150,8 +150,9 @@ impl Listener {
     }
 
     fn on_link_lost(&mut self) {
-        tracing::warn!("Redis notification link lost; reconnecting");
-        self.messages = None;
+        if self.messages.take().is_some() {
+            tracing::warn!("Redis notification link lost; reconnecting");
+        }
         self.sink = None;
         self.shared.notifications_ok.store(false, Ordering::Release);
     }

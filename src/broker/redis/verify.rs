@@ -144,6 +144,10 @@ impl Shared {
         if verdict != Verdict::Same {
             metrics::counter!(m::BACKEND_VERIFICATIONS, "verdict" => verdict.label()).increment(1);
             match verdict {
+                // A node that has seen no id yet meeting empty data: a new deployment.
+                Verdict::New if known == EventId::ZERO => {
+                    tracing::info!(run_id = %instance.run_id, "no history in Redis yet: starting a new one");
+                }
                 Verdict::Lost | Verdict::New => tracing::warn!(
                     run_id = %instance.run_id,
                     verdict = verdict.label(),
