@@ -5,13 +5,12 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sse_gateway::event::{EventId, EventType, Frame};
+use sse_gateway::event::{DataKind, EventId, EventType, Frame};
 use sse_gateway::sse;
-use sse_gateway::stream::{StreamName, StreamRegistry};
+use sse_gateway::stream::{StreamName, StreamPattern, StreamRegistry};
 use tokio_util::sync::CancellationToken;
 
 fn encode(c: &mut Criterion) {
@@ -44,14 +43,12 @@ fn fan_out(c: &mut Criterion) {
         let mut receivers = Vec::new();
         for _ in 0..subscribers {
             let (queue, receiver) = registry.new_queue(CancellationToken::new());
-            registry.attach_one(&stream, &queue).unwrap();
+            registry
+                .attach_one(&StreamPattern::Exact(stream.clone()), &queue)
+                .unwrap();
             receivers.push(receiver);
         }
-        let frame = Arc::new(Frame {
-            id: EventId::from_u64(1),
-            published_at: Instant::now(),
-            bytes: Bytes::from(vec![b'x'; 100]),
-        });
+        let frame = Arc::new(Frame::notice(EventId::from_u64(1), Bytes::from(vec![b'x'; 100])));
         group.throughput(Throughput::Elements(subscribers as u64));
         group.bench_with_input(BenchmarkId::from_parameter(subscribers), &subscribers, |b, _| {
             b.iter(|| {
@@ -66,5 +63,63 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, fan_out);
+/// Publishing one event among 10,000 subscribers, each on its own stream (named)
+/// or its own prefix (`p01234.*`): what pattern matching adds to the publish path.
+/// Prefixes are indexed by length, so an event costs a few hash lookups whatever
+/// the number of pattern subscribers; the worst case has a prefix of every length.
+/// A label, the i-th subscription, a stream, and the one subscriber it matches.
+type Case = (&'static str, fn(usize) -> String, &'static str, usize);
+
+fn patterns(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let _guard = runtime.enter();
+    let mut group = c.benchmark_group("publish_among_10k_subscribers");
+    let frame = Arc::new(Frame::notice(EventId::from_u64(1), Bytes::from(vec![b'x'; 100])));
+    let cases: [Case; 3] = [
+        ("named", |i| format!("s{i:05}"), "s04242", 4242),
+        ("prefix", |i| format!("p{i:05}.*"), "p04242.orders", 4242),
+        // Names are at most 128 bytes, so prefixes come in at most 128 lengths:
+        // here 120 lengths of `q`s, each followed by a number.
+        (
+            "prefix_every_length",
+            |i| format!("{}{}.*", "q".repeat(i % 120), i / 120),
+            "qqqqqqqqqq83.x",
+            9970,
+        ),
+    ];
+    for (label, subscription, stream, matched) in cases {
+        let registry = Arc::new(StreamRegistry::new(20_000, 1 << 20));
+        let mut attachments = Vec::new();
+        let mut receivers = Vec::new();
+        for i in 0..10_000 {
+            let (queue, receiver) = registry.new_queue(CancellationToken::new());
+            let pattern = StreamPattern::try_new(&subscription(i)).unwrap();
+            attachments.push(registry.attach(&[pattern], &queue).unwrap());
+            receivers.push(receiver);
+        }
+        let stream = StreamName::try_new(stream).unwrap();
+        let unmatched = StreamName::try_new("zzz.nobody").unwrap();
+        group.bench_function(BenchmarkId::new(label, "matching_one"), |b| {
+            b.iter(|| {
+                assert_eq!(registry.deliver(&stream, &frame), 1);
+                while receivers[matched].try_recv().is_some() {}
+            })
+        });
+        group.bench_function(BenchmarkId::new(label, "matching_none"), |b| {
+            b.iter(|| black_box(registry.deliver(&unmatched, &frame)))
+        });
+    }
+    group.finish();
+}
+
+/// Encoding an event's envelope, once per event for every `envelope=1` subscriber.
+fn envelope(c: &mut Criterion) {
+    let stream = StreamName::try_new("prices.eur").unwrap();
+    let record = sse::encode_event(EventId::from_u64(7), None, &"x".repeat(100));
+    c.bench_function("envelope_from_record_100_bytes", |b| {
+        b.iter(|| sse::envelope_record(black_box(&record), &stream, DataKind::Text))
+    });
+}
+
+criterion_group!(benches, encode, fan_out, patterns, envelope);
 criterion_main!(benches);

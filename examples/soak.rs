@@ -15,8 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Parser;
 use rand::Rng;
+use sse_gateway::auth::Claims;
 use sse_gateway::auth::mint::{SigningKey, mint};
-use sse_gateway::auth::{Claims, StreamPattern};
+use sse_gateway::stream::StreamPattern;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

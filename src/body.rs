@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::event::{EventType, InvalidEventType, NewEvent};
+use crate::event::{DataKind, EventType, InvalidEventType, NewEvent};
 use crate::stream::{InvalidStreamName, StreamName};
 
 /// Why a body was refused.
@@ -69,13 +69,14 @@ pub fn parse_json(body: &[u8]) -> Result<PublishBody, BodyError> {
         .into_iter()
         .map(|event| {
             let raw = event.data.get();
-            let data = if raw.starts_with('"') {
-                serde_json::from_str::<String>(raw)
-                    .map_err(|error| BodyError::Invalid(format!("`data` is not a valid JSON string: {error}")))?
+            let (data, kind) = if raw.starts_with('"') {
+                let text = serde_json::from_str::<String>(raw)
+                    .map_err(|error| BodyError::Invalid(format!("`data` is not a valid JSON string: {error}")))?;
+                (text, DataKind::Text)
             } else {
-                compact_json(raw)
+                (compact_json(raw), DataKind::Json)
             };
-            new_event(&event.stream, event.event.as_deref(), data)
+            new_event(&event.stream, event.event.as_deref(), data, kind)
         })
         .collect::<Result<_, _>>()?;
     Ok(PublishBody { events, is_batch })
@@ -100,7 +101,7 @@ fn parse_form(body: &[u8]) -> Result<PublishBody, BodyError> {
     let stream = stream.ok_or_else(|| missing("stream"))?;
     let data = data.ok_or_else(|| missing("data"))?;
     Ok(PublishBody {
-        events: vec![new_event(&stream, event.as_deref(), data)?],
+        events: vec![new_event(&stream, event.as_deref(), data, DataKind::Text)?],
         is_batch: false,
     })
 }
@@ -125,7 +126,7 @@ fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, BodyError> {
 }
 
 /// An empty `event` means untyped (browsers dispatch it to `onmessage`).
-fn new_event(stream: &str, event_type: Option<&str>, data: String) -> Result<NewEvent, BodyError> {
+fn new_event(stream: &str, event_type: Option<&str>, data: String, kind: DataKind) -> Result<NewEvent, BodyError> {
     Ok(NewEvent {
         stream: StreamName::try_new(stream)?,
         event_type: event_type
@@ -133,6 +134,7 @@ fn new_event(stream: &str, event_type: Option<&str>, data: String) -> Result<New
             .map(EventType::try_new)
             .transpose()?,
         data,
+        kind,
     })
 }
 
@@ -175,9 +177,11 @@ mod tests {
     fn string_data_is_sent_as_is_and_other_json_compactly_in_order() {
         let parsed = json(r#"{"stream":"a","data":"line1\nline2"}"#).unwrap();
         assert_eq!(parsed.events[0].data, "line1\nline2");
+        assert_eq!(parsed.events[0].kind, DataKind::Text);
         assert!(!parsed.is_batch);
         let parsed = json(r#"{"stream":"a","event":"t","data":{ "z" : [1, 2.50], "a": "x y" }}"#).unwrap();
         assert_eq!(parsed.events[0].data, r#"{"z":[1,2.50],"a":"x y"}"#);
+        assert_eq!(parsed.events[0].kind, DataKind::Json);
         assert_eq!(parsed.events[0].event_type.as_ref().unwrap().as_str(), "t");
     }
 

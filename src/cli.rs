@@ -6,12 +6,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::auth::Claims;
 use crate::auth::keys::{DEFAULT_SECRET_FILE, ensure_secret_file, hs256_secret};
 use crate::auth::mint::{SigningKey, mint};
-use crate::auth::{Claims, StreamPattern};
 use crate::config::{Algorithm, Config};
 use crate::server::{self, Listeners};
 use crate::shutdown;
+use crate::stream::StreamPattern;
 
 /// Authenticated, multi-topic Server-Sent Events gateway.
 #[derive(Debug, Parser)]

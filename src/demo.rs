@@ -10,15 +10,20 @@ use rand::Rng;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{EventType, NewEvent};
+use crate::event::{DataKind, EventType, NewEvent};
 use crate::node::{Allowed, Node, Publication, Publisher, Source};
 use crate::stream::StreamName;
 
-/// Streams the demo publisher writes to (and the demo page subscribes to).
+/// Streams the demo publisher writes to.
 pub const DEMO_STREAMS: [&str; 2] = ["demo.servers", "demo.ci"];
 
+/// What the demo page subscribes to (with envelopes, so it knows each event's
+/// stream) and what its token grants.
+pub const DEMO_PATTERN: &str = "demo.*";
+
 /// The subject of the demo page's token; every visitor shares it, so the node
-/// gives it `demo.max_connections` and no more streams than the demo has.
+/// gives it `demo.max_connections` and few streams: the pattern and the demo's
+/// own names.
 pub const DEMO_SUBJECT: &str = "demo-page";
 
 const HOSTS: [&str; 4] = ["web-1", "web-2", "api-1", "db-1"];
@@ -69,7 +74,6 @@ fn health_event(tick: u64) -> NewEvent {
         DEMO_STREAMS[0],
         "health",
         &json!({
-            "stream": DEMO_STREAMS[0],
             "host": host,
             "cpu": (cpu * 100.0).round() / 100.0,
             "mem": (rng.random_range(0.2..0.9_f64) * 100.0).round() / 100.0,
@@ -92,7 +96,6 @@ fn pipeline_event(tick: u64) -> NewEvent {
         DEMO_STREAMS[1],
         "pipeline",
         &json!({
-            "stream": DEMO_STREAMS[1],
             "pipeline": PIPELINES[(run % PIPELINES.len() as u64) as usize],
             "run": 1000 + run,
             "stage": stage,
@@ -108,5 +111,6 @@ fn sample(stream: &str, event_type: &str, data: &serde_json::Value) -> NewEvent 
         stream: StreamName::try_new(stream).expect("demo stream names are valid"),
         event_type: Some(EventType::try_new(event_type).expect("demo event types are valid")),
         data: data.to_string(),
+        kind: DataKind::Json,
     }
 }

@@ -20,7 +20,7 @@ use crate::broker::BrokerError;
 use crate::limits::LimitError;
 use crate::metrics as m;
 use crate::node::{PublishError, SubscribeError};
-use crate::stream::InvalidStreamName;
+use crate::stream::{InvalidPattern, InvalidStreamName};
 
 /// A request that cannot be served, as the client will see it.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum ApiError {
     NoStream,
     #[error("invalid stream name: {0}")]
     InvalidStreamName(#[from] InvalidStreamName),
+    #[error("invalid stream: {0}")]
+    InvalidPattern(#[from] InvalidPattern),
     #[error("too many streams: at most {max} per connection")]
     TooManyStreams { max: usize },
     #[error("invalid request: {0}")]
@@ -59,7 +61,9 @@ impl ApiError {
         match self {
             Self::Auth(error) => error.reason(),
             Self::NoStream => "no_stream",
-            Self::InvalidStreamName(_) | Self::Body(BodyError::StreamName(_)) => "invalid_stream_name",
+            Self::InvalidStreamName(_) | Self::InvalidPattern(_) | Self::Body(BodyError::StreamName(_)) => {
+                "invalid_stream_name"
+            }
             Self::Body(BodyError::EventType(_)) => "invalid_event_type",
             Self::TooManyStreams { .. } => "too_many_streams",
             Self::InvalidRequest(_) | Self::Body(BodyError::Invalid(_)) => "invalid_request",
@@ -79,6 +83,7 @@ impl ApiError {
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::NoStream
             | Self::InvalidStreamName(_)
+            | Self::InvalidPattern(_)
             | Self::TooManyStreams { .. }
             | Self::InvalidRequest(_)
             | Self::Body(_) => StatusCode::BAD_REQUEST,
@@ -125,7 +130,7 @@ fn publish_status(error: &PublishError) -> StatusCode {
 fn subscribe_status(error: &SubscribeError) -> StatusCode {
     match error {
         SubscribeError::Draining | SubscribeError::ConnectionLimit => StatusCode::SERVICE_UNAVAILABLE,
-        SubscribeError::NotPermitted(_) => StatusCode::FORBIDDEN,
+        SubscribeError::NotPermitted(_) | SubscribeError::FirehoseDisabled => StatusCode::FORBIDDEN,
         SubscribeError::Limited(error) => limit_status(*error),
         SubscribeError::Broker(error) => broker_status(error),
     }
@@ -133,9 +138,10 @@ fn subscribe_status(error: &SubscribeError) -> StatusCode {
 
 fn limit_status(error: LimitError) -> StatusCode {
     match error {
-        LimitError::SubjectConnections { .. } | LimitError::SubjectStreams { .. } | LimitError::PublishRate { .. } => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
+        LimitError::SubjectConnections { .. }
+        | LimitError::SubjectStreams { .. }
+        | LimitError::SubjectFirehose { .. }
+        | LimitError::PublishRate { .. } => StatusCode::TOO_MANY_REQUESTS,
         LimitError::SubscribeRate { .. } | LimitError::BodiesInFlight { .. } => StatusCode::SERVICE_UNAVAILABLE,
     }
 }

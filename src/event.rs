@@ -10,10 +10,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::sse;
 use crate::stream::StreamName;
 
 /// Bits of an id below the millisecond timestamp.
@@ -223,6 +225,18 @@ impl EventType {
     }
 }
 
+/// How the publisher gave an event's `data`: a JSON string (sent as is) or any
+/// other JSON value (sent as compact JSON). Envelopes need to know which: there the
+/// data is embedded as the JSON value it was published as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataKind {
+    /// A string (a JSON string, a form field, a datagram's text).
+    #[default]
+    Text,
+    /// Compact JSON text of a non-string JSON value.
+    Json,
+}
+
 /// A validated event on its way into a backend, before it has an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
@@ -230,9 +244,23 @@ pub struct NewEvent {
     pub event_type: Option<EventType>,
     /// The payload exactly as subscribers receive it (strings as is, JSON compact).
     pub data: String,
+    pub kind: DataKind,
 }
 
-/// One event encoded once for every subscriber.
+impl NewEvent {
+    /// An event whose data is a string.
+    pub fn text(stream: StreamName, event_type: Option<EventType>, data: impl Into<String>) -> Self {
+        Self {
+            stream,
+            event_type,
+            data: data.into(),
+            kind: DataKind::Text,
+        }
+    }
+}
+
+/// One event (or notice) encoded once for every subscriber: the SSE record, and
+/// its envelope (`envelope=1`) encoded the first time a subscriber needs it.
 #[derive(Debug)]
 pub struct Frame {
     pub id: EventId,
@@ -240,6 +268,63 @@ pub struct Frame {
     pub published_at: Instant,
     /// The complete SSE record, ending with the blank line.
     pub bytes: Bytes,
+    /// The event's stream and data kind; `None` for notices, which are the same
+    /// with or without envelopes.
+    origin: Option<(StreamName, DataKind)>,
+    envelope: OnceLock<Bytes>,
+}
+
+impl Frame {
+    /// Encodes an event.
+    pub fn event(id: EventId, published_at: Instant, event: &NewEvent) -> Self {
+        let envelope = OnceLock::new();
+        // The SSE record keeps data only up to line endings (CR becomes LF on the
+        // client), so an envelope of text with a CR is made now, from the data; any
+        // other envelope is made from the record when first needed.
+        if event.kind == DataKind::Text && event.data.contains('\r') {
+            let _ = envelope.set(sse::encode_envelope(
+                id,
+                &event.stream,
+                event.event_type.as_ref().map(EventType::as_str),
+                &event.data,
+                event.kind,
+            ));
+        }
+        Self {
+            id,
+            published_at,
+            bytes: sse::encode_event(id, event.event_type.as_ref(), &event.data),
+            origin: Some((event.stream.clone(), event.kind)),
+            envelope,
+        }
+    }
+
+    /// A frame that is not an event (a gap notice): the same bytes for every
+    /// subscriber.
+    pub fn notice(id: EventId, bytes: Bytes) -> Self {
+        Self {
+            id,
+            published_at: Instant::now(),
+            bytes,
+            origin: None,
+            envelope: OnceLock::new(),
+        }
+    }
+
+    /// The event's stream; `None` for a notice.
+    pub fn stream(&self) -> Option<&StreamName> {
+        self.origin.as_ref().map(|(stream, _)| stream)
+    }
+
+    /// The record an `envelope=1` subscriber receives: data wrapped as
+    /// `{"stream","event","data"}`; a notice unchanged. Encoded once per frame.
+    pub fn enveloped(&self) -> &Bytes {
+        let Some((stream, kind)) = &self.origin else {
+            return &self.bytes;
+        };
+        self.envelope
+            .get_or_init(|| sse::envelope_record(&self.bytes, stream, *kind))
+    }
 }
 
 #[cfg(test)]

@@ -9,20 +9,44 @@
 //! and must catch up ([`catch_up`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::event::{EventId, Frame};
 use crate::metrics as m;
 use crate::sse;
-use crate::stream::{StreamName, StreamRegistry};
+use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
-/// One consistent read of several streams' history, taken at one point of the
+/// One consistent read of some streams' history, taken at one point of the
 /// deployment's id order.
 #[derive(Debug)]
 pub struct HistoryRead {
     /// The newest id the deployment had issued when the read was taken.
     pub last_issued: EventId,
+    /// Every stream read by name or matched by a pattern, once each.
     pub streams: Vec<StreamHistory>,
+    /// Streams not in `streams` have no event with a greater id (nothing of them
+    /// is held, and what was forgotten is below this): what a pattern relies on
+    /// for the streams it matches that the broker holds nothing of.
+    pub others_known_after: EventId,
+}
+
+impl HistoryRead {
+    /// Every event of a stream `pattern` matches with a greater id is in the read
+    /// (or was published after it).
+    pub fn known_after(&self, pattern: &StreamPattern) -> EventId {
+        match pattern {
+            StreamPattern::Exact(name) => self
+                .streams
+                .iter()
+                .find(|stream| stream.name == *name)
+                .map_or(self.others_known_after, |stream| stream.known_after),
+            _ => self
+                .streams
+                .iter()
+                .filter(|stream| pattern.matches(&stream.name))
+                .map(|stream| stream.known_after)
+                .fold(self.others_known_after, EventId::max),
+        }
+    }
 }
 
 /// What one stream's history holds after the id that was read after.
@@ -34,13 +58,6 @@ pub struct StreamHistory {
     pub known_after: EventId,
     /// Held events after the id read after, in id order.
     pub frames: Vec<Arc<Frame>>,
-}
-
-impl StreamHistory {
-    /// Whether every event of this stream after `after` is held.
-    pub fn is_complete_after(&self, after: EventId) -> bool {
-        after >= self.known_after
-    }
 }
 
 /// Where a subscriber wants to resume from.
@@ -67,14 +84,23 @@ impl Resume {
 pub struct Replay {
     /// Held events of the subscribed streams after the resume point, in id order.
     pub frames: Vec<Arc<Frame>>,
-    /// Streams whose replay cannot be proven complete.
-    pub gaps: Vec<StreamName>,
+    /// Subscribed names and patterns whose replay cannot be proven complete.
+    pub gaps: Vec<StreamPattern>,
     /// The resume id, when it is one this deployment could have issued (the client
     /// holds every event up to it); `None` for no resume or an unusable id.
     pub resumed_from: Option<EventId>,
 }
 
 impl Replay {
+    /// The newest held event of each subscribed stream (`replay=latest`), in id order.
+    pub fn latest(mut frames: Vec<Arc<Frame>>) -> Self {
+        sort_and_dedup(&mut frames);
+        Self {
+            frames,
+            ..Self::default()
+        }
+    }
+
     /// Every event up to this id reached the subscriber (before the resume point or
     /// in the replay): live frames not newer are duplicates at the seam. The larger
     /// of the two, so a node whose live feed lags behind history never repeats what
@@ -85,63 +111,76 @@ impl Replay {
     }
 }
 
-/// The replay for a subscriber resuming from `resume`, from a read taken after
-/// `resume.read_after()`. An id above every id issued was never given out: like an
-/// unreadable one it earns a gap notice for every stream and all that is held.
-pub fn resolve(read: HistoryRead, resume: Resume) -> Replay {
-    let recognised = matches!(resume, Resume::After(id) if id <= read.last_issued);
-    let after = if recognised { resume.read_after() } else { EventId::ZERO };
-    let mut replay = Replay {
-        resumed_from: recognised.then_some(after),
-        ..Replay::default()
-    };
-    for stream in read.streams {
-        if !recognised || !stream.is_complete_after(after) {
-            replay.gaps.push(stream.name.clone());
-        }
-        replay
-            .frames
-            .extend(stream.frames.into_iter().filter(|frame| frame.id > after));
-    }
-    replay.frames.sort_unstable_by_key(|frame| frame.id);
-    replay
+fn sort_and_dedup(frames: &mut Vec<Arc<Frame>>) {
+    frames.sort_unstable_by_key(|frame| frame.id);
+    frames.dedup_by_key(|frame| frame.id);
 }
 
-/// Brings this node's subscribers of the streams in `read` up to date after their
-/// live feed was interrupted at `delivered_through`: a gap notice for each stream
-/// whose history after that point is incomplete, then every held event after it in
-/// id order. Returns the new point: everything up to it has been delivered.
-pub fn catch_up(read: &HistoryRead, delivered_through: EventId, registry: &StreamRegistry) -> EventId {
-    let mut missed: Vec<(&StreamName, &Arc<Frame>)> = Vec::new();
-    for stream in &read.streams {
-        if !stream.is_complete_after(delivered_through) {
-            metrics::counter!(m::GAP_NOTICES).increment(1);
-            registry.deliver(&stream.name, &Arc::new(gap_frame(&stream.name, delivered_through)));
-        }
-        missed.extend(
-            stream
-                .frames
-                .iter()
-                .filter(|frame| frame.id > delivered_through)
-                .map(|frame| (&stream.name, frame)),
-        );
+/// The replay for a subscriber of `patterns` resuming from `resume`, from a read
+/// taken after `resume.read_after()`. An id above every id issued was never given
+/// out: like an unreadable one it earns a gap notice for every name and pattern
+/// and all that is held.
+pub fn resolve(read: HistoryRead, patterns: &[StreamPattern], resume: Resume) -> Replay {
+    let recognised = matches!(resume, Resume::After(id) if id <= read.last_issued);
+    let after = if recognised { resume.read_after() } else { EventId::ZERO };
+    let gaps = patterns
+        .iter()
+        .filter(|pattern| !recognised || after < read.known_after(pattern))
+        .cloned()
+        .collect();
+    let mut frames: Vec<Arc<Frame>> = read
+        .streams
+        .into_iter()
+        .flat_map(|stream| stream.frames)
+        .filter(|frame| frame.id > after)
+        .collect();
+    sort_and_dedup(&mut frames);
+    Replay {
+        frames,
+        gaps,
+        resumed_from: recognised.then_some(after),
     }
+}
+
+/// Brings this node's subscribers of `patterns` (every name and pattern with local
+/// subscribers, as read) up to date after their live feed was interrupted at
+/// `delivered_through`: a gap notice for each name or pattern whose history after
+/// that point is incomplete, then every held event after it in id order. Returns
+/// the new point: everything up to it has been delivered.
+pub fn catch_up(
+    read: &HistoryRead,
+    patterns: &[StreamPattern],
+    delivered_through: EventId,
+    registry: &StreamRegistry,
+) -> EventId {
+    for pattern in patterns {
+        if read.known_after(pattern) > delivered_through {
+            metrics::counter!(m::GAP_NOTICES).increment(1);
+            registry.deliver_to(pattern, &Arc::new(gap_frame(pattern, delivered_through)));
+        }
+    }
+    let mut missed: Vec<(&StreamName, &Arc<Frame>)> = read
+        .streams
+        .iter()
+        .flat_map(|stream| stream.frames.iter().map(move |frame| (&stream.name, frame)))
+        .filter(|(_, frame)| frame.id > delivered_through)
+        .collect();
     missed.sort_unstable_by_key(|(_, frame)| frame.id);
+    missed.dedup_by_key(|(_, frame)| frame.id);
     for (stream, frame) in missed {
         registry.deliver(stream, frame);
     }
     delivered_through.max(read.last_issued)
 }
 
-/// A gap notice for the live subscribers of one stream, carrying `delivered_through`
-/// (every earlier event was already queued for them). Not an event: its frame id
-/// sorts after every id at the replay seam.
-fn gap_frame(stream: &StreamName, delivered_through: EventId) -> Frame {
-    Frame {
-        id: EventId::MAX,
-        published_at: Instant::now(),
-        bytes: sse::encode_gap_notice(std::slice::from_ref(stream), Some(delivered_through)),
-    }
+/// A gap notice for the live subscribers of one name or pattern, carrying
+/// `delivered_through` (every earlier event was already queued for them). Not an
+/// event: its frame id sorts after every id at the replay seam.
+fn gap_frame(pattern: &StreamPattern, delivered_through: EventId) -> Frame {
+    Frame::notice(
+        EventId::MAX,
+        sse::encode_gap_notice(std::slice::from_ref(pattern), Some(delivered_through)),
+    )
 }
 
 #[cfg(test)]
@@ -151,14 +190,18 @@ mod tests {
     use super::*;
 
     fn frame(id: u64) -> Arc<Frame> {
-        Arc::new(Frame {
-            id: EventId::from_u64(id),
-            published_at: Instant::now(),
-            bytes: Bytes::new(),
-        })
+        Arc::new(Frame::notice(EventId::from_u64(id), Bytes::new()))
     }
 
-    fn read(last: u64, streams: &[(&str, u64, &[u64])]) -> HistoryRead {
+    fn pattern(text: &str) -> StreamPattern {
+        StreamPattern::try_new(text).unwrap()
+    }
+
+    fn patterns(texts: &[&str]) -> Vec<StreamPattern> {
+        texts.iter().map(|text| pattern(text)).collect()
+    }
+
+    fn read(last: u64, others: u64, streams: &[(&str, u64, &[u64])]) -> HistoryRead {
         HistoryRead {
             last_issued: EventId::from_u64(last),
             streams: streams
@@ -169,6 +212,7 @@ mod tests {
                     frames: ids.iter().map(|id| frame(*id)).collect(),
                 })
                 .collect(),
+            others_known_after: EventId::from_u64(others),
         }
     }
 
@@ -176,25 +220,45 @@ mod tests {
         replay.frames.iter().map(|f| f.id.as_u64()).collect()
     }
 
+    fn after(id: u64) -> Resume {
+        Resume::After(EventId::from_u64(id))
+    }
+
     #[test]
     fn a_recognised_resume_is_complete_only_above_what_each_stream_lost() {
         let replay = resolve(
-            read(20, &[("a", 10, &[12, 15]), ("b", 3, &[11, 20])]),
-            Resume::After(EventId::from_u64(5)),
+            read(20, 0, &[("a", 10, &[12, 15]), ("b", 3, &[11, 20])]),
+            &patterns(&["a", "b"]),
+            after(5),
         );
         assert_eq!(ids(&replay), [11, 12, 15, 20], "merged in id order");
-        assert_eq!(replay.gaps, [StreamName::try_new("a").unwrap()]);
+        assert_eq!(replay.gaps, [pattern("a")]);
         assert_eq!(replay.resumed_from, Some(EventId::from_u64(5)));
         assert_eq!(replay.seam(), EventId::from_u64(20));
     }
 
     #[test]
+    fn a_pattern_is_complete_only_when_every_matching_stream_and_the_rest_are() {
+        let streams: &[(&str, u64, &[u64])] = &[("ci.a", 3, &[11]), ("ci.b", 9, &[12]), ("other", 15, &[16])];
+        let replay = resolve(read(20, 2, streams), &patterns(&["ci.*", "other"]), after(5));
+        assert_eq!(replay.gaps, [pattern("ci.*"), pattern("other")], "ci.b lost up to 9");
+        assert_eq!(ids(&replay), [11, 12, 16]);
+        let replay = resolve(read(20, 2, streams), &patterns(&["ci.*"]), after(9));
+        assert!(replay.gaps.is_empty());
+        // Streams the broker forgot entirely (folded into the floor) may have matched.
+        let replay = resolve(read(20, 10, &[]), &patterns(&["ci.*"]), after(9));
+        assert_eq!(replay.gaps, [pattern("ci.*")]);
+        let replay = resolve(read(20, 10, &[]), &patterns(&["*"]), after(10));
+        assert!(replay.gaps.is_empty());
+    }
+
+    #[test]
     fn an_id_never_issued_earns_a_gap_everywhere_and_all_that_is_held() {
-        let replay = resolve(read(20, &[("a", 0, &[12])]), Resume::After(EventId::from_u64(99)));
+        let replay = resolve(read(20, 0, &[("a", 0, &[12])]), &patterns(&["a", "b.*"]), after(99));
         assert_eq!(ids(&replay), [12]);
-        assert_eq!(replay.gaps.len(), 1);
+        assert_eq!(replay.gaps.len(), 2);
         assert_eq!(replay.resumed_from, None, "nothing received");
-        let replay = resolve(read(20, &[("a", 0, &[12])]), Resume::Unrecognised);
+        let replay = resolve(read(20, 0, &[("a", 0, &[12])]), &patterns(&["a"]), Resume::Unrecognised);
         assert_eq!(
             (ids(&replay), replay.gaps.len(), replay.resumed_from),
             (vec![12], 1, None)
@@ -203,27 +267,40 @@ mod tests {
 
     #[test]
     fn the_seam_is_never_below_the_resume_id() {
-        let replay = resolve(read(20, &[("a", 0, &[])]), Resume::After(EventId::from_u64(18)));
+        let replay = resolve(read(20, 0, &[("a", 0, &[])]), &patterns(&["a"]), after(18));
         assert!(replay.frames.is_empty());
         assert_eq!(replay.seam(), EventId::from_u64(18));
     }
 
+    #[test]
+    fn the_latest_events_come_in_id_order_once() {
+        let replay = Replay::latest(vec![frame(9), frame(4), frame(9)]);
+        assert_eq!(ids(&replay), [4, 9]);
+        assert!(replay.gaps.is_empty() && replay.resumed_from.is_none());
+        assert_eq!(replay.seam(), EventId::from_u64(9));
+    }
+
+    fn drain(receiver: &mut crate::stream::QueueReceiver) -> Vec<u64> {
+        std::iter::from_fn(|| receiver.try_recv())
+            .map(|frame| frame.id.as_u64())
+            .collect()
+    }
+
     #[tokio::test]
     async fn catching_up_sends_gap_notices_then_the_missed_events_in_order() {
-        let registry = StreamRegistry::new(10, 16);
-        let (queue, mut receiver) = registry.new_queue(tokio_util::sync::CancellationToken::new());
-        let streams = [StreamName::try_new("a").unwrap(), StreamName::try_new("b").unwrap()];
-        registry.attach_all(&streams, &queue).unwrap();
+        let registry = Arc::new(StreamRegistry::new(10, 16));
+        let (queue, mut names) = registry.new_queue(tokio_util::sync::CancellationToken::new());
+        let _names = registry.attach(&patterns(&["a", "b"]), &queue).unwrap();
+        let (queue, mut prefix) = registry.new_queue(tokio_util::sync::CancellationToken::new());
+        let _prefix = registry.attach(&patterns(&["b*"]), &queue).unwrap();
         let cursor = catch_up(
-            &read(30, &[("a", 12, &[13, 21]), ("b", 0, &[9, 14])]),
+            &read(30, 0, &[("a", 12, &[13, 21]), ("b", 0, &[9, 14])]),
+            &registry.patterns(),
             EventId::from_u64(10),
             &registry,
         );
         assert_eq!(cursor, EventId::from_u64(30));
-        let mut received = Vec::new();
-        while let Some(frame) = receiver.try_recv() {
-            received.push(frame.id.as_u64());
-        }
-        assert_eq!(received, [u64::MAX, 13, 14, 21], "gap for a, then 13, 14, 21");
+        assert_eq!(drain(&mut names), [u64::MAX, 13, 14, 21], "gap for a, then 13, 14, 21");
+        assert_eq!(drain(&mut prefix), [14], "b* was complete");
     }
 }

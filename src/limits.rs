@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::LimitsConfig;
 use crate::metrics as m;
-use crate::stream::StreamName;
+use crate::stream::StreamPattern;
 
 /// A limit that refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum LimitError {
     SubjectConnections { max: usize },
     #[error("this subject's open event streams hold too many distinct streams (limits.max_streams_per_subject: {max})")]
     SubjectStreams { max: usize },
+    #[error("too many open firehose (`*`) subscriptions for this subject (limits.max_firehose_per_subject: {max})")]
+    SubjectFirehose { max: usize },
     #[error("too many request bodies are being received at once ({key}); retry shortly")]
     BodiesInFlight { key: &'static str },
     #[error("publish rate limit exceeded for this subject")]
@@ -42,6 +44,7 @@ impl LimitError {
         match self {
             Self::SubjectConnections { .. } => "subject_connection_limit",
             Self::SubjectStreams { .. } => "subject_stream_limit",
+            Self::SubjectFirehose { .. } => "subject_firehose_limit",
             Self::BodiesInFlight { .. } => "bodies_in_flight_limit",
             Self::PublishRate { .. } => "publish_rate_limit",
             Self::SubscribeRate { .. } => "subscribe_rate_limit",
@@ -103,6 +106,7 @@ pub struct Slots {
 pub struct Limiter {
     max_per_subject: usize,
     max_streams_per_subject: usize,
+    max_firehose_per_subject: usize,
     /// Lower limits for particular subjects (the demo page's token).
     subject_overrides: HashMap<String, SubjectLimits>,
     open_per_subject: DashMap<String, SubjectUsage>,
@@ -121,8 +125,11 @@ pub struct SubjectLimits {
 #[derive(Debug, Default)]
 struct SubjectUsage {
     connections: usize,
-    /// Distinct streams, with how many of the subject's connections hold each.
-    streams: HashMap<StreamName, usize>,
+    /// Open subscriptions to `*`.
+    firehoses: usize,
+    /// Distinct names and patterns, with how many of the subject's connections
+    /// hold each (a pattern counts as one stream).
+    streams: HashMap<StreamPattern, usize>,
 }
 
 fn quota(rate: u32, burst: u32) -> Option<Quota> {
@@ -141,6 +148,7 @@ impl Limiter {
         Arc::new(Self {
             max_per_subject: limits.max_connections_per_subject,
             max_streams_per_subject: limits.max_streams_per_subject,
+            max_firehose_per_subject: limits.max_firehose_per_subject,
             subject_overrides,
             open_per_subject: DashMap::new(),
             publish: quota(limits.publish_rate_per_subject, limits.publish_burst).map(RateLimiter::keyed),
@@ -148,13 +156,13 @@ impl Limiter {
         })
     }
 
-    /// Admits one more event stream for `subject` holding `streams`; the slot is
-    /// released on drop.
+    /// Admits one more event stream for `subject` holding `streams` (names and
+    /// patterns, each counting as one); the slot is released on drop.
     ///
     /// # Errors
-    /// [`LimitError::SubscribeRate`], [`LimitError::SubjectConnections`] or
-    /// [`LimitError::SubjectStreams`].
-    pub fn admit_stream(self: &Arc<Self>, subject: &str, streams: &[StreamName]) -> Result<SubjectSlot, LimitError> {
+    /// [`LimitError::SubscribeRate`], [`LimitError::SubjectConnections`],
+    /// [`LimitError::SubjectStreams`] or [`LimitError::SubjectFirehose`].
+    pub fn admit_stream(self: &Arc<Self>, subject: &str, streams: &[StreamPattern]) -> Result<SubjectSlot, LimitError> {
         if let Some(limiter) = &self.subscribe
             && let Err(not_until) = limiter.check()
         {
@@ -168,7 +176,9 @@ impl Limiter {
         let max_streams = overrides
             .map(|limits| limits.max_streams)
             .or((self.max_streams_per_subject > 0).then_some(self.max_streams_per_subject));
-        if max_connections.is_none() && max_streams.is_none() {
+        let firehose = streams.contains(&StreamPattern::Any);
+        let max_firehose = (firehose && self.max_firehose_per_subject > 0).then_some(self.max_firehose_per_subject);
+        if max_connections.is_none() && max_streams.is_none() && max_firehose.is_none() {
             return Ok(SubjectSlot::unlimited(self));
         }
         let mut usage = self.open_per_subject.entry(subject.to_owned()).or_default();
@@ -176,6 +186,11 @@ impl Limiter {
             && usage.connections >= max
         {
             return Err(LimitError::SubjectConnections { max });
+        }
+        if let Some(max) = max_firehose
+            && usage.firehoses >= max
+        {
+            return Err(LimitError::SubjectFirehose { max });
         }
         if let Some(max) = max_streams {
             let new = streams
@@ -187,6 +202,7 @@ impl Limiter {
             }
         }
         usage.connections += 1;
+        usage.firehoses += usize::from(firehose);
         for stream in streams {
             *usage.streams.entry(stream.clone()).or_default() += 1;
         }
@@ -226,9 +242,12 @@ impl Limiter {
         }
     }
 
-    fn release(&self, subject: &str, streams: &[StreamName]) {
+    fn release(&self, subject: &str, streams: &[StreamPattern]) {
         if let Some(mut usage) = self.open_per_subject.get_mut(subject) {
             usage.connections = usage.connections.saturating_sub(1);
+            if streams.contains(&StreamPattern::Any) {
+                usage.firehoses = usage.firehoses.saturating_sub(1);
+            }
             for stream in streams {
                 if let Some(holders) = usage.streams.get_mut(stream) {
                     *holders -= 1;
@@ -247,7 +266,7 @@ impl Limiter {
 #[derive(Debug)]
 pub struct SubjectSlot {
     limiter: Arc<Limiter>,
-    subject: Option<(String, Vec<StreamName>)>,
+    subject: Option<(String, Vec<StreamPattern>)>,
 }
 
 impl SubjectSlot {
@@ -330,8 +349,8 @@ mod tests {
         Limiter::from_config(&config)
     }
 
-    fn names(list: &[&str]) -> Vec<StreamName> {
-        list.iter().map(|n| StreamName::try_new(n).unwrap()).collect()
+    fn names(list: &[&str]) -> Vec<StreamPattern> {
+        list.iter().map(|n| StreamPattern::try_new(n).unwrap()).collect()
     }
 
     #[test]
@@ -433,5 +452,27 @@ mod tests {
             .collect();
         assert_eq!(slots.len(), 5000);
         limiter.admit_publish("a", 1_000_000).unwrap();
+    }
+
+    #[test]
+    fn firehose_subscriptions_are_limited_per_subject_and_patterns_count_as_one_stream() {
+        let limiter = limits(|l| {
+            l.max_firehose_per_subject = 1;
+            l.max_streams_per_subject = 2;
+        });
+        let first = limiter.admit_stream("a", &names(&["*"])).unwrap();
+        assert_eq!(
+            limiter.admit_stream("a", &names(&["*"])).unwrap_err(),
+            LimitError::SubjectFirehose { max: 1 }
+        );
+        let _prefix = limiter.admit_stream("a", &names(&["ci.*"])).unwrap();
+        assert_eq!(
+            limiter.admit_stream("a", &names(&["x"])).unwrap_err(),
+            LimitError::SubjectStreams { max: 2 },
+            "`*` and `ci.*` are two streams"
+        );
+        let _other = limiter.admit_stream("b", &names(&["*"])).unwrap();
+        drop(first);
+        let _again = limiter.admit_stream("a", &names(&["*"])).unwrap();
     }
 }

@@ -119,7 +119,10 @@ fn describe_all() {
         SUBSCRIPTIONS_OPEN,
         "Stream subscriptions held by open connections (connection x stream)."
     );
-    describe_gauge!(STREAMS_SUBSCRIBED, "Streams with at least one subscriber on this node.");
+    describe_gauge!(
+        STREAMS_SUBSCRIBED,
+        "Streams and stream patterns with at least one subscriber on this node."
+    );
     describe_gauge!(STREAMS_BUFFERED, "Streams holding replay history on this node.");
     describe_counter!(EVENTS_PUBLISHED, "Events accepted, by the way they came in (source).");
     describe_counter!(PUBLISH_REJECTIONS, "Publish requests refused, by reason.");

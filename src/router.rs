@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::api::{self, demo, health, publish, subscribe, webhook};
+use crate::api::{self, demo, health, publish, streams, subscribe, webhook};
 use crate::auth::extract::redacted_query;
 use crate::config::Config;
 use crate::error;
@@ -20,6 +20,7 @@ pub fn router(state: AppState) -> Router {
             "/events",
             get(subscribe::open_subscription).post(publish::publish_events),
         )
+        .route("/streams/{name}", get(streams::stream_position))
         .route("/webhooks/{stream}", post(webhook::receive_webhook))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));

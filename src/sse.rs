@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::event::{EventId, EventType, GAP_EVENT_TYPE};
-use crate::stream::StreamName;
+use crate::event::{DataKind, EventId, EventType, GAP_EVENT_TYPE};
+use crate::stream::{StreamName, StreamPattern};
 
 /// A heartbeat: a comment line that keeps proxies from timing the stream out.
 pub const HEARTBEAT: Bytes = Bytes::from_static(b": heartbeat\n\n");
@@ -52,16 +52,16 @@ pub fn encode_retry(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
-/// A gap notice: an event of type `gap` whose data is JSON naming the streams whose
-/// replay could not be proven complete. Its `id` is one the client already holds
+/// A gap notice: an event of type `gap` whose data is JSON naming the subscribed
+/// streams and patterns (as subscribed) whose replay could not be proven complete. Its `id` is one the client already holds
 /// (the id it resumed from, or the last one delivered before a live gap): a
 /// spec-strict client sets its last event id from every dispatched event, so an
 /// id-less notice would erase its resume point. When the client's id means nothing
 /// here (unreadable, or never issued), the `id` is empty, meaning "nothing
 /// received": browsers then reconnect without `Last-Event-ID` instead of sending
 /// the same unusable id (and earning the same gap notice) again.
-pub fn encode_gap_notice(streams: &[StreamName], id: Option<EventId>) -> Bytes {
-    let names: Vec<&str> = streams.iter().map(StreamName::as_str).collect();
+pub fn encode_gap_notice(streams: &[StreamPattern], id: Option<EventId>) -> Bytes {
+    let names: Vec<String> = streams.iter().map(ToString::to_string).collect();
     let data = serde_json::json!({ "streams": names }).to_string();
     let mut out = BytesMut::with_capacity(data.len() + 48);
     match id {
@@ -74,6 +74,74 @@ pub fn encode_gap_notice(streams: &[StreamName], id: Option<EventId>) -> Bytes {
     put_data(&mut out, &data);
     out.put_u8(b'\n');
     out.freeze()
+}
+
+/// Encodes an event's envelope (`envelope=1`): the same `id` and `event` lines, data
+/// `{"stream":…,"event":…,"data":…}` (`event` left out when untyped; `data` the
+/// published JSON value, or the string as published).
+///
+/// ```
+/// use sse_gateway::event::{DataKind, EventId};
+/// use sse_gateway::stream::StreamName;
+/// let stream = StreamName::try_new("ci.main").unwrap();
+/// let record = sse_gateway::sse::encode_envelope(EventId::from_u64(7), &stream, None, r#"{"ok":true}"#, DataKind::Json);
+/// assert_eq!(&record[..], br#"id: 7
+/// data: {"stream":"ci.main","data":{"ok":true}}
+///
+/// "#);
+/// ```
+pub fn encode_envelope(
+    id: EventId,
+    stream: &StreamName,
+    event_type: Option<&str>,
+    data: &str,
+    kind: DataKind,
+) -> Bytes {
+    let mut json = String::with_capacity(data.len() + stream.as_str().len() + 48);
+    // Stream names are letters, digits and `.`, `_`, `-`, `:`: nothing to escape.
+    json.push_str("{\"stream\":\"");
+    json.push_str(stream.as_str());
+    json.push('"');
+    if let Some(event_type) = event_type {
+        json.push_str(",\"event\":");
+        json.push_str(&serde_json::Value::from(event_type).to_string());
+    }
+    json.push_str(",\"data\":");
+    match kind {
+        DataKind::Json => json.push_str(data),
+        DataKind::Text => json.push_str(&serde_json::Value::from(data).to_string()),
+    }
+    json.push('}');
+    let mut out = BytesMut::with_capacity(json.len() + 48);
+    let _ = writeln!(out, "id: {id}");
+    if let Some(event_type) = event_type {
+        put_field(&mut out, "event", event_type);
+    }
+    put_field(&mut out, "data", &json);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The envelope of an event, from its SSE record as [`encode_event`] wrote it (its
+/// data lines joined with LF are the data, exact for data without CR).
+pub fn envelope_record(record: &[u8], stream: &StreamName, kind: DataKind) -> Bytes {
+    let text = String::from_utf8_lossy(record);
+    let (mut id, mut event_type, mut data) = (EventId::ZERO, None, String::new());
+    let mut first_data = true;
+    for line in text.lines() {
+        if let Some(value) = line.strip_prefix("id: ") {
+            id = value.parse().unwrap_or(EventId::ZERO);
+        } else if let Some(value) = line.strip_prefix("event: ") {
+            event_type = Some(value);
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            if !first_data {
+                data.push('\n');
+            }
+            data.push_str(value);
+            first_data = false;
+        }
+    }
+    encode_envelope(id, stream, event_type, &data, kind)
 }
 
 fn put_field(out: &mut BytesMut, name: &str, value: &str) {
@@ -215,14 +283,57 @@ mod tests {
 
     #[test]
     fn gap_notice_is_json_naming_streams_and_keeps_the_resume_id() {
-        let streams = [StreamName::try_new("a").unwrap(), StreamName::try_new("b.c").unwrap()];
+        let streams = [
+            StreamPattern::try_new("a").unwrap(),
+            StreamPattern::try_new("b.*").unwrap(),
+        ];
         let (events, _) = parse(text(&encode_gap_notice(&streams, Some(EventId::from_u64(41)))));
         assert_eq!(events[0].event_type, "gap");
         assert_eq!(events[0].last_event_id, "41");
         let (events, _) = parse(text(&encode_gap_notice(&streams, None)));
         assert_eq!(events[0].last_event_id, "", "an unusable resume id is reset");
         let json: serde_json::Value = serde_json::from_str(&events[0].data).unwrap();
-        assert_eq!(json, serde_json::json!({"streams": ["a", "b.c"]}));
+        assert_eq!(json, serde_json::json!({"streams": ["a", "b.*"]}));
+    }
+
+    fn envelope_of(record: &Bytes) -> (Dispatched, serde_json::Value) {
+        let (events, _) = parse(text(record));
+        let event = events.into_iter().next().unwrap();
+        let json = serde_json::from_str(&event.data).unwrap();
+        (event, json)
+    }
+
+    #[test]
+    fn envelopes_wrap_strings_json_values_and_untyped_events() {
+        let stream = StreamName::try_new("ci.main").unwrap();
+        let kind = EventType::try_new("build").unwrap();
+        for (data, data_kind, expected) in [
+            ("plain", DataKind::Text, serde_json::json!("plain")),
+            ("{\"a\":[1,2]}", DataKind::Json, serde_json::json!({"a": [1, 2]})),
+            ("42", DataKind::Json, serde_json::json!(42)),
+            ("42", DataKind::Text, serde_json::json!("42")),
+            (
+                "two\nlines \"quoted\"",
+                DataKind::Text,
+                serde_json::json!("two\nlines \"quoted\""),
+            ),
+            ("", DataKind::Text, serde_json::json!("")),
+        ] {
+            let record = encode_event(EventId::from_u64(9), Some(&kind), data);
+            let (event, json) = envelope_of(&envelope_record(&record, &stream, data_kind));
+            assert_eq!(
+                (event.event_type.as_str(), event.last_event_id.as_str()),
+                ("build", "9")
+            );
+            assert_eq!(
+                json,
+                serde_json::json!({"stream": "ci.main", "event": "build", "data": expected})
+            );
+        }
+        let untyped = encode_event(EventId::from_u64(3), None, "x");
+        let (event, json) = envelope_of(&envelope_record(&untyped, &stream, DataKind::Text));
+        assert_eq!(event.event_type, "message");
+        assert_eq!(json, serde_json::json!({"stream": "ci.main", "data": "x"}));
     }
 
     fn arb_event_type() -> impl Strategy<Value = Option<EventType>> {
@@ -234,6 +345,16 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(
             std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(2000)
         ))]
+
+        /// An envelope made from the record equals the one made from the data, for
+        /// any text without CR (frames with CR make theirs from the data).
+        #[test]
+        fn envelopes_from_records_are_exact(data in "[^\r]{0,40}", event_type in arb_event_type()) {
+            let stream = StreamName::try_new("s").unwrap();
+            let record = encode_event(EventId::from_u64(5), event_type.as_ref(), &data);
+            let direct = encode_envelope(EventId::from_u64(5), &stream, event_type.as_ref().map(EventType::as_str), &data, DataKind::Text);
+            prop_assert_eq!(envelope_record(&record, &stream, DataKind::Text), direct);
+        }
 
         /// Any data, type and id round-trip through a WHATWG parser, with line
         /// endings normalised to LF as browsers do.

@@ -46,6 +46,8 @@ pub struct Parts {
     pub attachment: Attachment,
     pub receiver: QueueReceiver,
     pub replay: Replay,
+    /// Write events as envelopes (`envelope=1`).
+    pub envelope: bool,
     /// When the token stops being valid; `None` keeps the stream open.
     pub close_at: Option<SystemTime>,
     /// Cancelled at shutdown.
@@ -82,7 +84,10 @@ pub struct Subscription {
     /// Held frames still to write; dropped once written, so an idle connection does
     /// not keep the list (8 bytes a frame) for its whole life.
     replay: Option<std::vec::IntoIter<Arc<Frame>>>,
+    /// Every event up to this id was written (or the client had it): a frame not
+    /// newer is a duplicate.
     replayed_through: EventId,
+    envelope: bool,
     heartbeat: Interval,
     expiry: Option<Pin<Box<Sleep>>>,
     shutdown: CancellationToken,
@@ -97,7 +102,7 @@ pub struct Subscription {
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscription")
-            .field("streams", &self.attachment.streams())
+            .field("streams", &self.attachment.patterns())
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +114,7 @@ impl Subscription {
             attachment,
             receiver,
             replay,
+            envelope,
             close_at,
             shutdown,
             timing,
@@ -129,6 +135,7 @@ impl Subscription {
             opening: Some(opening.freeze()),
             replay: Some(replay.frames.into_iter()),
             replayed_through,
+            envelope,
             heartbeat,
             expiry: close_at.map(sleep_until_system_time),
             shutdown,
@@ -189,7 +196,7 @@ impl Subscription {
             let Some(frame) = replay.next() else {
                 break;
             };
-            chunk.push(&frame.bytes);
+            chunk.push(bytes_of(&frame, self.envelope));
         }
         if replay.len() == 0 {
             self.replay = None;
@@ -209,7 +216,10 @@ impl Subscription {
         while let Some(frame) = next {
             if frame.id > self.replayed_through {
                 oldest.get_or_insert(frame.published_at);
-                chunk.push(&frame.bytes);
+                chunk.push(bytes_of(&frame, self.envelope));
+                if frame.id != EventId::MAX {
+                    self.replayed_through = frame.id;
+                }
             }
             if chunk.len() >= MAX_CHUNK_BYTES {
                 break;
@@ -250,6 +260,11 @@ impl Drop for Subscription {
             metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
         }
     }
+}
+
+/// What a subscriber receives of `frame`: the record, or its envelope.
+fn bytes_of(frame: &Frame, envelope: bool) -> &Bytes {
+    if envelope { frame.enveloped() } else { &frame.bytes }
 }
 
 /// Joins frames into one write without copying when there is only one.
@@ -312,11 +327,7 @@ mod tests {
         let node = Node::start(&Config::default(), Default::default()).unwrap();
         let stream = StreamName::try_new("a").unwrap();
         let events = (0..100)
-            .map(|i| NewEvent {
-                stream: stream.clone(),
-                event_type: None,
-                data: i.to_string(),
-            })
+            .map(|i| NewEvent::text(stream.clone(), None, i.to_string()))
             .collect();
         let publisher = Publisher {
             subject: "test",
@@ -331,13 +342,15 @@ mod tests {
             })
             .await
             .unwrap();
-        let any = [crate::auth::StreamPattern::Any];
+        let any = [crate::stream::StreamPattern::Any];
         let mut subscription = node
             .subscribe(SubscribeRequest {
                 subject: "s",
                 allowed: &any,
-                streams: vec![stream],
+                streams: vec![stream.into()],
                 resume: Some(Resume::After(ids[0])),
+                latest: false,
+                envelope: false,
                 close_at: None,
                 close_connection: CancellationToken::new(),
             })

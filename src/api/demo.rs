@@ -1,6 +1,7 @@
 //! `GET /demo` (and `/`): the live demo page, embedded in the binary at build time.
 //! It is served with a short-lived, subscribe-only token for `demo.*` when the
 //! gateway has an HS256 secret to sign it with; otherwise the visitor pastes one.
+//! The page subscribes to `demo.*` with envelopes, so each event says its stream.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,10 +10,11 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use serde_json::json;
 
+use crate::auth::Claims;
 use crate::auth::mint::mint;
-use crate::auth::{Claims, StreamPattern};
-use crate::demo::{DEMO_STREAMS, DEMO_SUBJECT};
+use crate::demo::{DEMO_PATTERN, DEMO_SUBJECT};
 use crate::state::AppState;
+use crate::stream::StreamPattern;
 
 const PAGE: &str = include_str!("../../assets/demo.html");
 const CONFIG_PLACEHOLDER: &str = "/*SSE_DEMO_CONFIG*/null";
@@ -24,12 +26,9 @@ pub async fn demo_page(State(state): State<AppState>) -> impl IntoResponse {
         let claims = Claims {
             sub: Some(DEMO_SUBJECT.to_owned()),
             exp: Some(now + DEMO_TOKEN_TTL.as_secs()),
-            // Exactly the demo streams: every visitor shares this token, so it must
-            // not be able to create streams of its own.
-            subscribe: DEMO_STREAMS
-                .iter()
-                .filter_map(|name| StreamPattern::try_new(name).ok())
-                .collect(),
+            // Only demo streams; every visitor shares this token, so the node keeps
+            // its subject to `demo.max_connections` and a few streams.
+            subscribe: StreamPattern::try_new(DEMO_PATTERN).into_iter().collect(),
             iss: state.config.auth.issuer.clone(),
             aud: state.config.auth.audience.clone(),
             ..Claims::default()
@@ -38,7 +37,8 @@ pub async fn demo_page(State(state): State<AppState>) -> impl IntoResponse {
     });
     let config = json!({
         "token": token.unwrap_or_default(),
-        "streams": DEMO_STREAMS,
+        "streams": [DEMO_PATTERN],
+        "envelope": true,
         "eventsUrl": "/events",
     });
     // JSON inside a <script>: escape `<` so no value can close the element.

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod streams;
 pub mod subscribe;
 pub mod webhook;
 

@@ -1,4 +1,5 @@
-//! `GET /events?stream=A&stream=B`: open an event stream.
+//! `GET /events?stream=A&stream=prices.*[&envelope=1][&replay=latest]`: open an
+//! event stream.
 
 use axum::Extension;
 use axum::extract::{RawQuery, State};
@@ -15,7 +16,7 @@ use crate::history::Resume;
 use crate::metrics as m;
 use crate::node::SubscribeRequest;
 use crate::state::AppState;
-use crate::stream::StreamName;
+use crate::stream::StreamPattern;
 
 /// Header browsers send when they reconnect.
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -62,6 +63,8 @@ async fn open(
         allowed: &verified.claims.subscribe,
         streams: params.streams,
         resume: header_resume(headers).or(params.resume),
+        latest: params.latest,
+        envelope: params.envelope,
         close_at,
         close_connection: client.close_token().clone(),
     };
@@ -81,20 +84,23 @@ async fn open(
 /// The query of a subscribe request, validated.
 #[derive(Debug, PartialEq)]
 struct SubscribeParams {
-    streams: Vec<StreamName>,
+    streams: Vec<StreamPattern>,
     resume: Option<Resume>,
+    latest: bool,
+    envelope: bool,
 }
 
 impl SubscribeParams {
-    /// Reads `stream` (repeated; duplicates collapse) and `last_event_id`; other
-    /// parameters (`access_token`, cache busters) are ignored.
+    /// Reads `stream` (a name or pattern, repeated; duplicates collapse),
+    /// `last_event_id`, `envelope` and `replay`; other parameters (`access_token`,
+    /// cache busters) are ignored.
     fn parse(query: Option<&str>, max_streams: usize) -> Result<Self, ApiError> {
-        let mut streams: Vec<StreamName> = Vec::new();
-        let mut resume = None;
+        let mut streams: Vec<StreamPattern> = Vec::new();
+        let (mut resume, mut latest, mut envelope) = (None, false, false);
         for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match &*key {
                 "stream" => {
-                    let stream = StreamName::try_new(&value)?;
+                    let stream = StreamPattern::try_new(&value)?;
                     if !streams.contains(&stream) {
                         if streams.len() == max_streams {
                             return Err(ApiError::TooManyStreams { max: max_streams });
@@ -103,13 +109,35 @@ impl SubscribeParams {
                     }
                 }
                 "last_event_id" => resume = parse_resume(&value),
+                "envelope" => {
+                    envelope = match &*value {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(ApiError::InvalidRequest("envelope must be 1 or 0".to_owned())),
+                    };
+                }
+                "replay" => {
+                    latest = match &*value {
+                        "latest" => true,
+                        _ => {
+                            return Err(ApiError::InvalidRequest(
+                                "replay must be `latest` (the newest event of each stream on connect)".to_owned(),
+                            ));
+                        }
+                    };
+                }
                 _ => {}
             }
         }
         if streams.is_empty() {
             return Err(ApiError::NoStream);
         }
-        Ok(Self { streams, resume })
+        Ok(Self {
+            streams,
+            resume,
+            latest,
+            envelope,
+        })
     }
 }
 
@@ -146,11 +174,12 @@ mod tests {
 
     #[test]
     fn percent_encoding_is_decoded_before_validation() {
-        let params = SubscribeParams::parse(Some("stream=prices%2Eeur%3Ausd"), 4).unwrap();
-        assert_eq!(params.streams[0].as_str(), "prices.eur:usd");
+        let params = SubscribeParams::parse(Some("stream=prices%2Eeur%3Ausd&stream=ci%2E%2A"), 4).unwrap();
+        assert_eq!(params.streams[0].to_string(), "prices.eur:usd");
+        assert_eq!(params.streams[1].to_string(), "ci.*");
         assert!(matches!(
             SubscribeParams::parse(Some("stream=a%2Fb"), 4),
-            Err(ApiError::InvalidStreamName(_))
+            Err(ApiError::InvalidPattern(_))
         ));
     }
 
@@ -159,16 +188,36 @@ mod tests {
         assert!(matches!(SubscribeParams::parse(None, 4), Err(ApiError::NoStream)));
         assert!(matches!(
             SubscribeParams::parse(Some("stream="), 4),
-            Err(ApiError::InvalidStreamName(_))
+            Err(ApiError::InvalidPattern(_))
         ));
         assert!(matches!(
             SubscribeParams::parse(Some("stream=a&stream=b&stream=c"), 2),
             Err(ApiError::TooManyStreams { max: 2 })
         ));
-        assert!(matches!(
-            SubscribeParams::parse(Some("stream=*"), 4),
-            Err(ApiError::InvalidStreamName(_))
-        ));
+        for bad in ["stream=a*b", "stream=*a", "stream=**"] {
+            assert!(
+                matches!(SubscribeParams::parse(Some(bad), 4), Err(ApiError::InvalidPattern(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_envelopes_and_latest_are_read() {
+        let params = SubscribeParams::parse(Some("stream=*&stream=ci.*&envelope=1&replay=latest"), 4).unwrap();
+        assert_eq!(
+            params.streams,
+            [StreamPattern::Any, StreamPattern::try_new("ci.*").unwrap()]
+        );
+        assert!(params.envelope && params.latest);
+        let params = SubscribeParams::parse(Some("stream=a&envelope=0"), 4).unwrap();
+        assert!(!params.envelope && !params.latest);
+        for bad in ["stream=a&envelope=yes", "stream=a&replay=all", "stream=a&replay="] {
+            assert!(
+                matches!(SubscribeParams::parse(Some(bad), 4), Err(ApiError::InvalidRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::read_body;
 use crate::auth::webhook::Proof;
 use crate::body::compact_json;
 use crate::error::ApiError;
-use crate::event::NewEvent;
+use crate::event::{DataKind, NewEvent};
 use crate::idempotency::{IdempotencyKey, fingerprint};
 use crate::metrics as m;
 use crate::node::{Allowed, Publication, Publisher, Source};
@@ -64,6 +64,7 @@ async fn receive(state: &AppState, stream: &str, headers: &HeaderMap, body: Body
         stream: stream.clone(),
         event_type: delivery.hook.event_type(headers),
         data: compact_json(raw.get()),
+        kind: DataKind::Json,
     };
     let idempotency = delivery.replay_key.map(|key| IdempotencyKey {
         key: format!("webhook\n{stream}\n{key}"),

@@ -1,103 +1,11 @@
-//! Token claims and the stream patterns in `subscribe` / `publish`.
-//!
-//! A pattern is an exact stream name, a prefix ending in `*` (`prices.*`), or `*`.
-//! Anything else (a `*` inside a name, an empty string, characters outside the
-//! stream-name alphabet) makes the whole token invalid: a grant that cannot be read
-//! exactly is refused rather than guessed at.
-
-use std::fmt;
+//! Token claims. `subscribe` and `publish` hold [`StreamPattern`]s; a malformed
+//! pattern makes the whole token invalid: a grant that cannot be read exactly is
+//! refused rather than guessed at.
 
 use serde::de::{self, Deserializer};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-use crate::stream::StreamName;
-use crate::stream::name::{MAX_STREAM_NAME_LEN, is_name_byte};
-
-/// One grant in a `subscribe` or `publish` claim.
-#[derive(Clone, PartialEq, Eq)]
-pub enum StreamPattern {
-    /// `*`: every stream.
-    Any,
-    /// `prefix*`: streams starting with `prefix` (which may itself be a full name).
-    Prefix(String),
-    /// A single stream.
-    Exact(String),
-}
-
-/// Why a pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid stream pattern")]
-pub struct InvalidPattern;
-
-impl StreamPattern {
-    /// Parses a pattern as written in a token.
-    ///
-    /// # Errors
-    /// [`InvalidPattern`] for anything that is not a name, `prefix*` or `*`.
-    pub fn try_new(text: &str) -> Result<Self, InvalidPattern> {
-        if text == "*" {
-            return Ok(Self::Any);
-        }
-        let (body, is_prefix) = match text.strip_suffix('*') {
-            Some(body) => (body, true),
-            None => (text, false),
-        };
-        if body.is_empty() || body.len() > MAX_STREAM_NAME_LEN || !body.bytes().all(is_name_byte) {
-            return Err(InvalidPattern);
-        }
-        Ok(if is_prefix {
-            Self::Prefix(body.to_owned())
-        } else {
-            Self::Exact(body.to_owned())
-        })
-    }
-
-    /// Whether this pattern grants `stream`.
-    ///
-    /// ```
-    /// use sse_gateway::auth::StreamPattern;
-    /// use sse_gateway::stream::StreamName;
-    /// let prices = StreamPattern::try_new("prices.*").unwrap();
-    /// assert!(prices.matches(&StreamName::try_new("prices.eur").unwrap()));
-    /// assert!(!prices.matches(&StreamName::try_new("prices").unwrap()));
-    /// ```
-    pub fn matches(&self, stream: &StreamName) -> bool {
-        match self {
-            Self::Any => true,
-            Self::Prefix(prefix) => stream.as_str().starts_with(prefix.as_str()),
-            Self::Exact(name) => stream.as_str() == name,
-        }
-    }
-}
-
-impl fmt::Display for StreamPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Any => f.write_str("*"),
-            Self::Prefix(prefix) => write!(f, "{prefix}*"),
-            Self::Exact(name) => f.write_str(name),
-        }
-    }
-}
-
-impl fmt::Debug for StreamPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.to_string(), f)
-    }
-}
-
-impl Serialize for StreamPattern {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for StreamPattern {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::try_new(&text).map_err(|_| de::Error::custom("invalid stream pattern"))
-    }
-}
+use crate::stream::{StreamName, StreamPattern};
 
 /// The claims the gateway reads; unknown claims are ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,32 +77,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
 
     fn name(text: &str) -> StreamName {
         StreamName::try_new(text).unwrap()
-    }
-
-    #[test]
-    fn exact_prefix_and_any_patterns_match_as_documented() {
-        let exact = StreamPattern::try_new("messages").unwrap();
-        let prefix = StreamPattern::try_new("prices.*").unwrap();
-        let any = StreamPattern::try_new("*").unwrap();
-        assert!(exact.matches(&name("messages")));
-        assert!(!exact.matches(&name("messages2")));
-        assert!(prefix.matches(&name("prices.eur")));
-        assert!(!prefix.matches(&name("prices")));
-        assert!(!prefix.matches(&name("pricesX")));
-        assert!(any.matches(&name("anything")));
-    }
-
-    #[test]
-    fn malformed_patterns_are_refused() {
-        for bad in ["", "**", "a*b", "*a", "a**", "pri\u{0441}es.*", "a b", "a/*"] {
-            assert_eq!(StreamPattern::try_new(bad), Err(InvalidPattern), "{bad:?}");
-        }
     }
 
     #[test]
@@ -218,23 +104,5 @@ mod tests {
     #[test]
     fn claims_with_a_malformed_pattern_do_not_parse() {
         assert!(serde_json::from_str::<Claims>(r#"{"subscribe":["ok","bad*x"]}"#).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn prefix_patterns_match_exactly_the_names_they_start(prefix in "[a-z.]{1,8}", rest in "[a-z.]{0,8}") {
-            let pattern = StreamPattern::try_new(&format!("{prefix}*")).unwrap();
-            let stream = name(&format!("{prefix}{rest}"));
-            prop_assert!(pattern.matches(&stream));
-            let exact = StreamPattern::try_new(&prefix).unwrap();
-            prop_assert_eq!(exact.matches(&stream), rest.is_empty());
-        }
-
-        #[test]
-        fn parsing_never_panics_and_round_trips(text in "\\PC{0,20}") {
-            if let Ok(pattern) = StreamPattern::try_new(&text) {
-                prop_assert_eq!(pattern.to_string(), text);
-            }
-        }
     }
 }

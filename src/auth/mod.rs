@@ -10,7 +10,7 @@ pub mod keys;
 pub mod mint;
 pub mod webhook;
 
-pub use claims::{Claims, StreamPattern};
+pub use claims::Claims;
 pub use keys::{KeyError, Verified, Verifier};
 
 /// Why a request was not authenticated or not authorised.

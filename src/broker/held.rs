@@ -10,18 +10,21 @@
 //!
 //! Plain data, no locks and no I/O: the broker that owns it decides both.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::broker::Position;
 use crate::event::{EventId, Frame, NewEvent};
 use crate::history::{HistoryRead, StreamHistory};
 use crate::metrics as m;
-use crate::stream::{ReplayBuffer, StreamName};
+use crate::stream::{ReplayBuffer, StreamName, StreamPattern};
 
 /// What an event costs against `max_history_bytes` besides its encoded bytes: the
-/// frame, its place in its stream's buffer and in the node's id order.
-pub const EVENT_OVERHEAD_BYTES: usize = 96;
+/// frame (with its `Arc`), its place in its stream's buffer and in the node's id
+/// order (checked by a test against the sizes of those types).
+pub const EVENT_OVERHEAD_BYTES: usize = 160;
 
 /// The bounds on held history.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +100,8 @@ pub struct HeldHistory {
     tombstones: HashMap<StreamName, EventId>,
     /// Events of streams with neither history nor tombstone are known only above this.
     floor: EventId,
+    /// Names with history or a tombstone, in order: what a pattern matches.
+    names: BTreeSet<StreamName>,
     /// Every held event's id and stream in id order, for evicting the oldest of the
     /// node; entries of events already evicted otherwise are skipped (and compacted).
     order: VecDeque<(EventId, StreamName)>,
@@ -116,6 +121,7 @@ impl HeldHistory {
             streams: HashMap::new(),
             tombstones: HashMap::new(),
             floor,
+            names: BTreeSet::new(),
             order: VecDeque::new(),
             held: 0,
             bytes: 0,
@@ -134,6 +140,7 @@ impl HeldHistory {
 
     /// Restores what a reclaimed stream knew (loading a durable store).
     pub fn restore_tombstone(&mut self, stream: StreamName, known_after: EventId) {
+        self.names.insert(stream.clone());
         self.tombstones.insert(stream, known_after);
     }
 
@@ -163,7 +170,9 @@ impl HeldHistory {
         let now = frame.published_at;
         if !self.streams.contains_key(stream) {
             let known_after = self.known_after_without_history(stream);
-            self.tombstones.remove(stream);
+            if self.tombstones.remove(stream).is_none() {
+                self.names.insert(stream.clone());
+            }
             self.streams.insert(stream.clone(), ReplayBuffer::new(known_after));
         }
         self.bytes += cost(&frame);
@@ -240,36 +249,82 @@ impl HeldHistory {
         });
     }
 
-    /// History of `streams` after `after` (everything held when `after` is above
-    /// `last_issued`, an id never given out); expired events are evicted first.
+    /// The names `patterns` match that have history or a tombstone (and the names
+    /// given exactly, whether or not they do), once each.
+    fn matching(&self, patterns: &[StreamPattern]) -> BTreeSet<StreamName> {
+        let mut names = BTreeSet::new();
+        for pattern in patterns {
+            match pattern.prefix() {
+                None => names.extend(pattern.as_name().cloned()),
+                Some(prefix) => names.extend(
+                    self.names
+                        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+                        .take_while(|name| name.as_str().starts_with(prefix))
+                        .cloned(),
+                ),
+            }
+        }
+        names
+    }
+
+    /// History of the streams `patterns` name or match after `after` (everything
+    /// held when `after` is above `last_issued`, an id never given out); expired
+    /// events are evicted first.
     pub fn read(
         &mut self,
-        streams: &[StreamName],
+        patterns: &[StreamPattern],
         after: EventId,
         last_issued: EventId,
         evicted: &mut Evicted,
     ) -> HistoryRead {
         let after = if after > last_issued { EventId::ZERO } else { after };
         let now = Instant::now();
-        let streams = streams
-            .iter()
+        let streams = self
+            .matching(patterns)
+            .into_iter()
             .map(|stream| {
-                self.evict_expired(stream, now, evicted);
-                match self.streams.get(stream) {
+                self.evict_expired(&stream, now, evicted);
+                match self.streams.get(&stream) {
                     Some(buffer) => StreamHistory {
-                        name: stream.clone(),
                         known_after: buffer.known_after(),
                         frames: buffer.events_after(after).cloned().collect(),
+                        name: stream,
                     },
                     None => StreamHistory {
-                        name: stream.clone(),
-                        known_after: self.known_after_without_history(stream),
+                        known_after: self.known_after_without_history(&stream),
                         frames: Vec::new(),
+                        name: stream,
                     },
                 }
             })
             .collect();
-        HistoryRead { last_issued, streams }
+        HistoryRead {
+            last_issued,
+            streams,
+            others_known_after: self.floor,
+        }
+    }
+
+    /// The newest held event of each stream `patterns` name or match.
+    pub fn latest(&mut self, patterns: &[StreamPattern], evicted: &mut Evicted) -> Vec<Arc<Frame>> {
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        for stream in self.matching(patterns) {
+            self.evict_expired(&stream, now, evicted);
+            frames.extend(self.streams.get(&stream).and_then(ReplayBuffer::back).cloned());
+        }
+        frames
+    }
+
+    /// Where `stream` stands, with `head` the newest id issued.
+    pub fn position(&mut self, stream: &StreamName, head: EventId, evicted: &mut Evicted) -> Position {
+        self.evict_expired(stream, Instant::now(), evicted);
+        let buffer = self.streams.get(stream);
+        Position {
+            head,
+            last_id: buffer.and_then(ReplayBuffer::back).map(|frame| frame.id),
+            buffered: buffer.map_or(0, ReplayBuffer::len),
+        }
     }
 
     /// Evicts expired events everywhere, reclaims emptied histories (leaving
@@ -289,6 +344,8 @@ impl HeldHistory {
             let newest = self.tombstones.values().copied().max().unwrap_or(EventId::ZERO);
             self.floor = self.floor.max(newest);
             self.tombstones.clear();
+            let streams = &self.streams;
+            self.names.retain(|name| streams.contains_key(name));
             evicted.floor = Some(self.floor);
         }
         self.compact_order();
@@ -318,11 +375,7 @@ mod tests {
     }
 
     fn frame(id: u64, size: usize) -> Arc<Frame> {
-        Arc::new(Frame {
-            id: EventId::from_u64(id),
-            published_at: Instant::now(),
-            bytes: Bytes::from(vec![b'x'; size]),
-        })
+        Arc::new(Frame::notice(EventId::from_u64(id), Bytes::from(vec![b'x'; size])))
     }
 
     fn name(text: &str) -> StreamName {
@@ -331,7 +384,12 @@ mod tests {
 
     fn known_after(history: &mut HeldHistory, stream: &str) -> u64 {
         history
-            .read(&[name(stream)], EventId::ZERO, EventId::MAX, &mut Evicted::default())
+            .read(
+                &[StreamPattern::Exact(name(stream))],
+                EventId::ZERO,
+                EventId::MAX,
+                &mut Evicted::default(),
+            )
             .streams[0]
             .known_after
             .as_u64()
@@ -397,5 +455,53 @@ mod tests {
             "two tombstones > max_streams fold"
         );
         assert_eq!(known_after(&mut history, "a"), 6);
+    }
+
+    #[test]
+    fn a_pattern_reads_every_matching_stream_including_reclaimed_ones() {
+        let mut history = HeldHistory::new(
+            Bounds {
+                buffer_size: 10,
+                ttl: Some(Duration::from_secs(60)),
+                max_bytes: usize::MAX,
+                max_streams: 10,
+            },
+            EventId::from_u64(1),
+        );
+        let mut evicted = Evicted::default();
+        history.append(&name("ci.a"), frame(5, 1), &mut evicted);
+        history.append(&name("ci.b"), frame(6, 1), &mut evicted);
+        history.append(&name("cd"), frame(7, 1), &mut evicted);
+        history.sweep(Instant::now() + Duration::from_secs(120), &mut evicted);
+        history.append(&name("ci.b"), frame(8, 1), &mut evicted);
+        let read = history.read(
+            &[StreamPattern::try_new("ci.*").unwrap()],
+            EventId::from_u64(4),
+            EventId::MAX,
+            &mut evicted,
+        );
+        let names: Vec<&str> = read.streams.iter().map(|stream| stream.name.as_str()).collect();
+        assert_eq!(names, ["ci.a", "ci.b"], "ci.a only as a tombstone; cd does not match");
+        assert_eq!(
+            read.known_after(&StreamPattern::try_new("ci.*").unwrap()),
+            EventId::from_u64(6)
+        );
+        assert_eq!(read.others_known_after, EventId::from_u64(1));
+        let latest = history.latest(&[StreamPattern::Any], &mut evicted);
+        assert_eq!(latest.iter().map(|frame| frame.id.as_u64()).collect::<Vec<_>>(), [8]);
+        let position = history.position(&name("ci.b"), EventId::from_u64(9), &mut evicted);
+        assert_eq!(
+            (position.head, position.last_id, position.buffered),
+            (EventId::from_u64(9), Some(EventId::from_u64(8)), 1)
+        );
+    }
+
+    #[test]
+    fn the_overhead_per_event_covers_what_an_event_holds() {
+        let arc_header = 2 * size_of::<usize>();
+        let buffer_slot = size_of::<Arc<Frame>>();
+        let order_entry = size_of::<(EventId, StreamName)>();
+        let held = arc_header + size_of::<Frame>() + buffer_slot + order_entry;
+        assert!(held <= EVENT_OVERHEAD_BYTES, "{held} bytes per event");
     }
 }

@@ -21,13 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::disk::{self, DataDir, Journal, Staged, StagedKey, StoredEvent, StoredKey};
 use super::held::{Bounds, Evicted, HeldHistory};
-use super::{Broker, BrokerError, Published};
+use super::{Broker, BrokerError, Position, Published};
 use crate::config::Config;
 use crate::event::{EventId, Frame, IdClock, NewEvent, unix_millis};
 use crate::history::HistoryRead;
 use crate::idempotency::{Claim, ClaimGuard, IdempotencyCache, IdempotencyKey};
-use crate::sse;
-use crate::stream::{StreamName, StreamRegistry};
+use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
 /// Idempotency keys a node remembers at once (each about 200 bytes).
 const KEYS_REMEMBERED: usize = 100_000;
@@ -109,12 +108,9 @@ impl LocalBroker {
         let loaded = dir
             .for_each_event(|stored| {
                 let age = Duration::from_millis(now_wall.saturating_sub(stored.published_ms));
-                let frame = Arc::new(Frame {
-                    id: stored.id,
-                    published_at: now_instant.checked_sub(age).unwrap_or(now_instant),
-                    bytes: sse::encode_event(stored.id, stored.event_type.as_ref(), &stored.data),
-                });
-                held.append(&stored.stream, frame, &mut evicted);
+                let published_at = now_instant.checked_sub(age).unwrap_or(now_instant);
+                let frame = Arc::new(Frame::event(stored.id, published_at, &stored.event));
+                held.append(&stored.event.stream, frame, &mut evicted);
             })
             .map_err(startup)?;
         held.sweep(Instant::now(), &mut evicted);
@@ -175,6 +171,15 @@ impl LocalBroker {
         self.forget(evicted);
     }
 
+    /// Runs `read` under the sequencer lock (a consistent cut of the id order), then
+    /// mirrors what it evicted (expired events) to the store.
+    fn with_history<T>(&self, read: impl FnOnce(&mut Local, &mut Evicted) -> T) -> T {
+        let mut evicted = Evicted::default();
+        let result = read(&mut lock(&self.state), &mut evicted);
+        self.forget(evicted);
+        result
+    }
+
     fn forget(&self, evicted: Evicted) {
         if let Some(journal) = &self.journal {
             journal.forget(evicted);
@@ -199,14 +204,8 @@ impl LocalBroker {
             return Err(BrokerError::StreamLimit);
         }
         let published_at = Instant::now();
-        let next_frame = |local: &mut Local, event: &NewEvent| {
-            let id = local.clock.next_id();
-            Arc::new(Frame {
-                id,
-                published_at,
-                bytes: sse::encode_event(id, event.event_type.as_ref(), &event.data),
-            })
-        };
+        let next_frame =
+            |local: &mut Local, event: &NewEvent| Arc::new(Frame::event(local.clock.next_id(), published_at, event));
         let Some(journal) = &self.journal else {
             let mut ids = Vec::with_capacity(events.len());
             let mut evicted = Evicted::default();
@@ -229,9 +228,7 @@ impl LocalBroker {
                 stream: event.stream.clone(),
                 stored: StoredEvent {
                     id: frame.id,
-                    stream: event.stream,
-                    event_type: event.event_type,
-                    data: event.data,
+                    event,
                     published_ms,
                 },
                 frame,
@@ -302,20 +299,27 @@ impl Broker for LocalBroker {
         Ok(Published::New(ids))
     }
 
-    async fn listen(&self, _streams: &[StreamName]) -> Result<(), BrokerError> {
+    async fn listen(&self, _patterns: &[StreamPattern]) -> Result<(), BrokerError> {
         // Every event reaches the registry from this process, in id order.
         Ok(())
     }
 
-    async fn read(&self, streams: &[StreamName], after: EventId) -> Result<HistoryRead, BrokerError> {
-        let mut evicted = Evicted::default();
-        let read = {
-            let mut local = lock(&self.state);
+    async fn read(&self, patterns: &[StreamPattern], after: EventId) -> Result<HistoryRead, BrokerError> {
+        Ok(self.with_history(|local, evicted| {
             let last_issued = local.clock.last();
-            local.held.read(streams, after, last_issued, &mut evicted)
-        };
-        self.forget(evicted);
-        Ok(read)
+            local.held.read(patterns, after, last_issued, evicted)
+        }))
+    }
+
+    async fn latest(&self, patterns: &[StreamPattern]) -> Result<Vec<Arc<Frame>>, BrokerError> {
+        Ok(self.with_history(|local, evicted| local.held.latest(patterns, evicted)))
+    }
+
+    async fn position(&self, stream: &StreamName) -> Result<Position, BrokerError> {
+        Ok(self.with_history(|local, evicted| {
+            let head = local.clock.last();
+            local.held.position(stream, head, evicted)
+        }))
     }
 
     fn is_ready(&self) -> bool {
@@ -342,17 +346,13 @@ mod tests {
     }
 
     fn event(stream: &str) -> NewEvent {
-        NewEvent {
-            stream: StreamName::try_new(stream).unwrap(),
-            event_type: None,
-            data: "x".to_owned(),
-        }
+        NewEvent::text(StreamName::try_new(stream).unwrap(), None, "x")
     }
 
-    async fn gaps(broker: &LocalBroker, stream: &str, after: EventId) -> Vec<StreamName> {
-        let streams = [StreamName::try_new(stream).unwrap()];
-        let read = broker.read(&streams, after).await.unwrap();
-        resolve(read, Resume::After(after)).gaps
+    async fn gaps(broker: &LocalBroker, stream: &str, after: EventId) -> Vec<StreamPattern> {
+        let patterns = [StreamPattern::try_new(stream).unwrap()];
+        let read = broker.read(&patterns, after).await.unwrap();
+        resolve(read, &patterns, Resume::After(after)).gaps
     }
 
     fn registry() -> Arc<StreamRegistry> {
@@ -454,7 +454,7 @@ mod tests {
         assert!(after[0] > before[1], "{after:?} after {before:?}");
         // And the history from before the restart is still there, complete.
         let read = restarted
-            .read(&[StreamName::try_new("a").unwrap()], EventId::ZERO)
+            .read(&[StreamPattern::try_new("a").unwrap()], EventId::ZERO)
             .await
             .unwrap();
         assert_eq!(read.streams[0].frames.len(), 2);

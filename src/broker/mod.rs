@@ -8,10 +8,13 @@
 //!   all or nothing, and push every `(stream, frame)` into the node's sink (the
 //!   [`StreamRegistry`] it was started with) in id order — the memory broker before
 //!   it returns, the Redis broker through every node's listener;
-//! - **listen**: make sure events of some streams published from now on reach this
-//!   node's sink (Redis subscribes their channels and waits for the confirmation);
-//! - **read**: one consistent read of some streams' history after an id, with the
-//!   facts that prove it complete ([`HistoryRead`]). Together with listen-before-read
+//! - **listen**: make sure events of some names and patterns published from now on
+//!   reach this node's sink (Redis subscribes their channels and patterns and waits
+//!   for the confirmation);
+//! - **read**: one consistent read of the history of the streams some names and
+//!   patterns cover, after an id, with the facts that prove it complete
+//!   ([`HistoryRead`]); **latest**: the newest event of each; **position**: the
+//!   newest id issued and what one stream holds. Together with listen-before-read
 //!   this makes the replay/live seam exact: every event is in the read or arrives
 //!   live afterwards (the subscription drops what arrives twice, by id);
 //! - after its live feed was interrupted, catch up through [`history::catch_up`].
@@ -34,10 +37,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{BackendKind, Config};
-use crate::event::{EventId, NewEvent};
+use crate::event::{EventId, Frame, NewEvent};
 use crate::history::HistoryRead;
 use crate::idempotency::IdempotencyKey;
-use crate::stream::{StreamName, StreamRegistry};
+use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
 pub use local::LocalBroker;
 pub use redis::RedisBroker;
@@ -86,6 +89,18 @@ pub enum Published {
     KeyInProgress,
 }
 
+/// Where a stream stands (`GET /streams/NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The newest id the deployment had issued: a client that resumes from it gets
+    /// exactly what was published afterwards.
+    pub head: EventId,
+    /// The newest event of the stream still held.
+    pub last_id: Option<EventId>,
+    /// Events of the stream held.
+    pub buffered: usize,
+}
+
 /// Ids, history and movement of events.
 #[async_trait]
 pub trait Broker: Send + Sync + std::fmt::Debug {
@@ -100,20 +115,35 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// nothing was stored.
     async fn publish(&self, events: Vec<NewEvent>, key: Option<&IdempotencyKey>) -> Result<Published, BrokerError>;
 
-    /// Makes sure that events of `streams` published after this returns reach this
-    /// node's sink.
+    /// Makes sure that events of the streams `patterns` name or match (existing and
+    /// future ones) published after this returns reach this node's sink.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when that cannot be promised now.
-    async fn listen(&self, streams: &[StreamName]) -> Result<(), BrokerError>;
+    async fn listen(&self, patterns: &[StreamPattern]) -> Result<(), BrokerError>;
 
-    /// Reads the history of `streams` after `after` in one consistent step. An
+    /// Reads the history of the streams `patterns` name or match after `after` in
+    /// one consistent step, with what proves it complete (streams the broker holds
+    /// nothing of included, through [`HistoryRead::others_known_after`]). An
     /// `after` above every id issued was never given out: everything held is read
     /// (the caller sees that from [`HistoryRead::last_issued`]).
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when history cannot be read now.
-    async fn read(&self, streams: &[StreamName], after: EventId) -> Result<HistoryRead, BrokerError>;
+    async fn read(&self, patterns: &[StreamPattern], after: EventId) -> Result<HistoryRead, BrokerError>;
+
+    /// The newest held event of each stream `patterns` name or match, read in one
+    /// consistent step.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when history cannot be read now.
+    async fn latest(&self, patterns: &[StreamPattern]) -> Result<Vec<Arc<Frame>>, BrokerError>;
+
+    /// Where `stream` stands now.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when history cannot be read now.
+    async fn position(&self, stream: &StreamName) -> Result<Position, BrokerError>;
 
     /// Whether the broker can take publishes now.
     fn is_ready(&self) -> bool;

@@ -19,7 +19,7 @@ pub struct StreamsConfig {
     /// How often expired events are evicted and idle streams reclaimed.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
-    /// History the node holds in all (encoded events plus 96 bytes each); over it,
+    /// History the node holds in all (encoded events plus 160 bytes each); over it,
     /// the deployment's oldest events are evicted first (memory and disk).
     pub max_history_bytes: usize,
 }
@@ -55,8 +55,14 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// Open event streams per token subject (`sub`, else the token itself); 0 = no limit.
     pub max_connections_per_subject: usize,
-    /// Distinct streams the open event streams of one subject may hold; 0 = no limit.
+    /// Distinct streams the open event streams of one subject may hold (a pattern
+    /// counts as one); 0 = no limit.
     pub max_streams_per_subject: usize,
+    /// Whether `stream=*` (every stream) may be subscribed to, by tokens whose
+    /// `subscribe` claim holds `*`.
+    pub firehose: bool,
+    /// Open `stream=*` subscriptions per subject; 0 = no limit.
+    pub max_firehose_per_subject: usize,
     /// Bytes of publish request bodies being received at once, across all requests.
     pub max_body_bytes_in_flight: usize,
     /// Bytes of webhook bodies being received before their signature is checked, at
@@ -84,6 +90,8 @@ impl Default for LimitsConfig {
             subscriber_queue: 1024,
             max_connections_per_subject: 1000,
             max_streams_per_subject: 1000,
+            firehose: true,
+            max_firehose_per_subject: 4,
             max_body_bytes_in_flight: 64 * 1024 * 1024,
             max_unverified_body_bytes_in_flight: 8 * 1024 * 1024,
             publish_rate_per_subject: 0,

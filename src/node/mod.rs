@@ -5,10 +5,12 @@
 //! broker, metrics (`source` label), pacing. HTTP, webhooks and the demo publisher
 //! call it; so will every other ingest path.
 //!
-//! **Subscribe** ([`Node::subscribe`]): draining check, permission, the subject's
-//! and the node's slots, attach a bounded queue to the local registry, make the
-//! broker listen, read history, decide gaps ([`crate::history`]), and hand back a
-//! [`Subscription`] whose seam drops what arrives twice.
+//! **Subscribe** ([`Node::subscribe`]): draining check, permission (names and
+//! patterns), the subject's and the node's slots, attach a bounded queue to the
+//! local registry, make the broker listen, read history, decide gaps
+//! ([`crate::history`]) or read the latest events, and hand back a
+//! [`Subscription`] whose seam drops what arrives twice. [`Node::position`] answers
+//! where a stream stands, for snapshot-then-subscribe.
 //!
 //! The node holds the registry (local fan-out), the broker, the limiters and the
 //! shutdown state. It knows nothing of HTTP: its errors are typed and mapped to
@@ -47,6 +49,8 @@ pub struct Node {
 struct Settings {
     max_event_bytes: usize,
     max_batch_events: usize,
+    /// `limits.firehose`: whether `*` may be subscribed to.
+    firehose: bool,
     timing: StreamTiming,
 }
 
@@ -70,6 +74,7 @@ impl Node {
             settings: Settings {
                 max_event_bytes: limits.max_event_bytes,
                 max_batch_events: limits.max_batch_events,
+                firehose: limits.firehose,
                 timing: StreamTiming {
                     heartbeat: config.server.heartbeat_interval,
                     retry: config.server.retry,

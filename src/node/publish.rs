@@ -8,13 +8,13 @@
 use std::time::Instant;
 
 use super::Node;
-use crate::auth::StreamPattern;
 use crate::broker::{BrokerError, Published};
 use crate::event::{EventId, NewEvent};
 use crate::idempotency::IdempotencyKey;
 use crate::limits::LimitError;
 use crate::metrics as m;
 use crate::stream::StreamName;
+use crate::stream::StreamPattern;
 
 /// Where a publication came in: a bounded metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,9 @@
 //! The one subscribe path: admission (draining, permission, the subject's and the
 //! node's slots), attach a bounded queue to the local registry, make the broker
-//! listen, read history and decide gaps, then the [`Subscription`] that writes it.
+//! listen, read history and decide gaps (or read the latest events), then the
+//! [`Subscription`] that writes it. Names and patterns (`ci.*`, `*`) take the same
+//! path; a name or pattern another one of the request covers is dropped first, so
+//! each event reaches the subscription once.
 //! Listening before reading makes the seam exact for every broker: an event is in
 //! the read or arrives on the queue afterwards, and the subscription drops what
 //! arrives twice.
@@ -10,12 +13,12 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
-use crate::auth::StreamPattern;
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, Position};
 use crate::history::{self, Replay, Resume};
 use crate::limits::{LimitError, Slots};
 use crate::metrics as m;
-use crate::stream::{RegistryError, StreamName};
+use crate::stream::pattern::minimal;
+use crate::stream::{RegistryError, StreamName, StreamPattern};
 use crate::subscription::{Parts, Subscription};
 
 /// What a new subscription asks for.
@@ -25,8 +28,14 @@ pub struct SubscribeRequest<'a> {
     pub subject: &'a str,
     /// The token's `subscribe` claim.
     pub allowed: &'a [StreamPattern],
-    pub streams: Vec<StreamName>,
+    /// Names and patterns, distinct.
+    pub streams: Vec<StreamPattern>,
     pub resume: Option<Resume>,
+    /// `replay=latest`: without a resume id, first the newest held event of each
+    /// stream.
+    pub latest: bool,
+    /// `envelope=1`: every event's data wrapped as `{"stream","event","data"}`.
+    pub envelope: bool,
     /// When the token stops being valid; `None` keeps the stream open.
     pub close_at: Option<SystemTime>,
     /// Closes the client's connection at once; cancelled when its queue overflows
@@ -39,8 +48,10 @@ pub struct SubscribeRequest<'a> {
 pub enum SubscribeError {
     #[error("the node is shutting down")]
     Draining,
-    #[error("the token does not grant subscribing to stream `{0}`")]
-    NotPermitted(StreamName),
+    #[error("the token does not grant subscribing to `{0}`")]
+    NotPermitted(StreamPattern),
+    #[error("subscribing to every stream (`*`) is turned off (limits.firehose)")]
+    FirehoseDisabled,
     #[error(transparent)]
     Limited(#[from] LimitError),
     #[error("this node serves as many event streams as limits.max_connections allows")]
@@ -74,34 +85,53 @@ impl Node {
         if self.is_draining() {
             return Err(SubscribeError::Draining);
         }
-        if let Some(stream) = request
+        if let Some(wanted) = request
             .streams
             .iter()
-            .find(|stream| !request.allowed.iter().any(|pattern| pattern.matches(stream)))
+            .find(|wanted| !request.allowed.iter().any(|pattern| pattern.covers(wanted)))
         {
-            return Err(SubscribeError::NotPermitted(stream.clone()));
+            return Err(SubscribeError::NotPermitted(wanted.clone()));
         }
-        let subject = self.limiter.admit_stream(request.subject, &request.streams)?;
+        if !self.settings.firehose && request.streams.contains(&StreamPattern::Any) {
+            return Err(SubscribeError::FirehoseDisabled);
+        }
+        let patterns = minimal(&request.streams);
+        let subject = self.limiter.admit_stream(request.subject, &patterns)?;
         let connection = self.connections.try_acquire().ok_or(SubscribeError::ConnectionLimit)?;
         let (queue, receiver) = self.registry.new_queue(request.close_connection);
-        let attachment = self.registry.attach(&request.streams, &queue)?;
-        self.broker.listen(&request.streams).await?;
-        let replay = match request.resume {
-            Some(resume) => {
-                let read = self.broker.read(&request.streams, resume.read_after()).await?;
-                history::resolve(read, resume)
+        let attachment = self.registry.attach(&patterns, &queue)?;
+        self.broker.listen(&patterns).await?;
+        let replay = match (request.resume, request.latest) {
+            (Some(resume), _) => {
+                let read = self.broker.read(&patterns, resume.read_after()).await?;
+                history::resolve(read, &patterns, resume)
             }
-            None => Replay::default(),
+            (None, true) => Replay::latest(self.broker.latest(&patterns).await?),
+            (None, false) => Replay::default(),
         };
         Ok(Subscription::new(Parts {
             attachment,
             receiver,
             replay,
+            envelope: request.envelope,
             close_at: request.close_at,
             shutdown: self.shutdown.token().clone(),
             timing: self.settings.timing,
             slots: Slots { connection, subject },
         }))
+    }
+
+    /// Where `stream` stands (`GET /streams/NAME`): the newest id issued, and the
+    /// newest event and number of events held of the stream.
+    ///
+    /// # Errors
+    /// [`SubscribeError::NotPermitted`] when `allowed` does not cover `stream`;
+    /// [`SubscribeError::Broker`] when history cannot be read.
+    pub async fn position(&self, allowed: &[StreamPattern], stream: &StreamName) -> Result<Position, SubscribeError> {
+        if !allowed.iter().any(|pattern| pattern.matches(stream)) {
+            return Err(SubscribeError::NotPermitted(StreamPattern::Exact(stream.clone())));
+        }
+        Ok(self.broker.position(stream).await?)
     }
 }
 
@@ -111,6 +141,7 @@ impl SubscribeError {
         match self {
             Self::Draining => "draining",
             Self::NotPermitted(_) => "stream_not_permitted",
+            Self::FirehoseDisabled => "firehose_disabled",
             Self::Limited(error) => error.reason(),
             Self::ConnectionLimit => "connection_limit",
             Self::Broker(error) => error.reason(),

@@ -203,7 +203,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
     // Every visitor of the demo page shares its token: keep what it can hold small.
     let demo_limits = SubjectLimits {
         max_connections: config.demo.max_connections,
-        max_streams: DEMO_STREAMS.len(),
+        max_streams: DEMO_STREAMS.len() + 1,
     };
     let node = Node::start(&config, HashMap::from([(format!("sub:{DEMO_SUBJECT}"), demo_limits)]))?;
     Ok(AppState {

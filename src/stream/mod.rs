@@ -1,9 +1,12 @@
-//! Streams: validated names, bounded replay buffers and the local fan-out registry.
+//! Streams: validated names, patterns over them, bounded replay buffers and the
+//! local fan-out registry.
 
 pub mod name;
+pub mod pattern;
 pub mod registry;
 pub mod replay;
 
 pub use name::{InvalidStreamName, StreamName};
+pub use pattern::{InvalidPattern, StreamPattern};
 pub use registry::{Attachment, QueueReceiver, RegistryError, StreamRegistry, SubscriberQueue};
 pub use replay::ReplayBuffer;

@@ -1,8 +1,10 @@
-//! `StreamRegistry`: this node's subscribers per stream, and local fan-out.
+//! `StreamRegistry`: this node's subscribers per stream and per pattern, and local
+//! fan-out.
 //!
-//! Sharded with `DashMap`; a stream appears when its first local subscriber attaches
-//! and is reclaimed when its last one leaves, so random names cannot grow memory
-//! without bound (and `limits.max_streams` caps how many exist at once). History is
+//! Sharded with `DashMap`; a stream (or pattern) appears when its first local
+//! subscriber attaches and is reclaimed when its last one leaves, so random names
+//! cannot grow memory without bound (and `limits.max_streams` caps how many exist
+//! at once). History is
 //! not kept here: backends own it and call [`StreamRegistry::deliver`] in id order.
 //!
 //! Overflow policy: every subscriber has a bounded queue. When a frame does not fit,
@@ -14,12 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Frame;
 use crate::metrics as m;
-use crate::stream::StreamName;
+use crate::stream::{StreamName, StreamPattern};
 
 /// Why a subscriber could not be attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,19 +89,89 @@ impl QueueReceiver {
     }
 }
 
-/// Local subscribers per stream.
+/// Local subscribers per stream name and per pattern prefix.
+///
+/// A pattern subscription (`ci.*`, `*`) is kept under its prefix (`ci.`, ``). To
+/// deliver an event of stream `S` the registry looks up `S` by name and then each
+/// prefix of `S` whose length some pattern has ([`PrefixLengths`]): a few hash
+/// lookups per event however many pattern subscribers there are, never a scan.
 #[derive(Debug)]
 pub struct StreamRegistry {
     streams: DashMap<StreamName, Vec<SubscriberQueue>>,
+    prefixes: DashMap<Arc<str>, Vec<SubscriberQueue>>,
+    prefix_lengths: PrefixLengths,
     max_streams: usize,
     queue_capacity: usize,
     next_subscriber: AtomicU64,
+}
+
+/// Where a pattern's subscribers are kept.
+enum Key<'a> {
+    Name(&'a StreamName),
+    /// `""` for `*`.
+    Prefix(&'a str),
+}
+
+impl<'a> Key<'a> {
+    fn of(pattern: &'a StreamPattern) -> Self {
+        match pattern {
+            StreamPattern::Exact(stream) => Self::Name(stream),
+            StreamPattern::Prefix(prefix) => Self::Prefix(prefix),
+            StreamPattern::Any => Self::Prefix(""),
+        }
+    }
+}
+
+/// Which prefix lengths have subscribers: a bit per length 0–128 that the publish
+/// path reads without a lock, and the count of prefixes per length behind it.
+#[derive(Debug, Default)]
+struct PrefixLengths {
+    bits: [AtomicU64; 3],
+    counts: std::sync::Mutex<Vec<usize>>,
+}
+
+impl PrefixLengths {
+    fn added(&self, length: usize) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.len() <= length {
+            counts.resize(length + 1, 0);
+        }
+        counts[length] += 1;
+        self.bits[length / 64].fetch_or(1 << (length % 64), Ordering::Release);
+    }
+
+    fn removed(&self, length: usize) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(length) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.bits[length / 64].fetch_and(!(1 << (length % 64)), Ordering::Release);
+            }
+        }
+    }
+
+    /// Calls `each` with every length up to `max` that has a prefix.
+    fn for_each_up_to(&self, max: usize, mut each: impl FnMut(usize)) {
+        for (word_index, word) in self.bits.iter().enumerate() {
+            let mut bits = word.load(Ordering::Acquire);
+            while bits != 0 {
+                let length = word_index * 64 + bits.trailing_zeros() as usize;
+                if length > max {
+                    return;
+                }
+                each(length);
+                bits &= bits - 1;
+            }
+        }
+    }
 }
 
 impl StreamRegistry {
     pub fn new(max_streams: usize, queue_capacity: usize) -> Self {
         Self {
             streams: DashMap::new(),
+            prefixes: DashMap::new(),
+            prefix_lengths: PrefixLengths::default(),
             max_streams,
             queue_capacity,
             next_subscriber: AtomicU64::new(1),
@@ -121,72 +194,137 @@ impl StreamRegistry {
         (queue, QueueReceiver { receiver, queued })
     }
 
-    /// Adds `queue` to every one of `streams`, or to none of them; the returned
+    /// Adds `queue` to every one of `patterns`, or to none of them; the returned
     /// attachment detaches it again when dropped.
     ///
     /// # Errors
     /// [`RegistryError::StreamLimit`] when a new stream does not fit.
     pub fn attach(
         self: &Arc<Self>,
-        streams: &[StreamName],
+        patterns: &[StreamPattern],
         queue: &SubscriberQueue,
     ) -> Result<Attachment, RegistryError> {
-        self.attach_all(streams, queue)?;
+        self.attach_all(patterns, queue)?;
         Ok(Attachment {
             registry: Arc::clone(self),
-            streams: streams.to_vec(),
+            patterns: patterns.to_vec(),
             queue: queue.clone(),
         })
     }
 
-    /// Adds `queue` to `stream`'s subscribers, creating the stream if needed.
+    /// Adds `queue` to the subscribers of `pattern`, creating its entry if needed.
+    /// Names and patterns with subscribers count together against `max_streams`.
     ///
     /// # Errors
-    /// [`RegistryError::StreamLimit`] when the stream is new and the registry is full.
-    pub fn attach_one(&self, stream: &StreamName, queue: &SubscriberQueue) -> Result<(), RegistryError> {
-        if !self.streams.contains_key(stream) && self.streams.len() >= self.max_streams {
-            return Err(RegistryError::StreamLimit);
+    /// [`RegistryError::StreamLimit`] when the entry is new and the registry is full.
+    pub fn attach_one(&self, pattern: &StreamPattern, queue: &SubscriberQueue) -> Result<(), RegistryError> {
+        let full = self.len() >= self.max_streams;
+        match Key::of(pattern) {
+            Key::Name(stream) => {
+                if full && !self.streams.contains_key(stream) {
+                    return Err(RegistryError::StreamLimit);
+                }
+                // Pushing through `entry` holds the shard lock, so a concurrent
+                // reclaim of the same (empty) stream cannot orphan this subscriber.
+                self.streams.entry(stream.clone()).or_default().push(queue.clone());
+            }
+            Key::Prefix(prefix) => {
+                if full && !self.prefixes.contains_key(prefix) {
+                    return Err(RegistryError::StreamLimit);
+                }
+                match self.prefixes.entry(Arc::from(prefix)) {
+                    Entry::Occupied(mut entry) => entry.get_mut().push(queue.clone()),
+                    Entry::Vacant(entry) => {
+                        // Announced before the entry exists: a publish that sees the
+                        // length but not yet the entry only looks up in vain.
+                        self.prefix_lengths.added(prefix.len());
+                        entry.insert(vec![queue.clone()]);
+                    }
+                }
+            }
         }
-        // Pushing through `entry` holds the shard lock, so a concurrent reclaim of
-        // the same (empty) stream cannot orphan this subscriber.
-        self.streams.entry(stream.clone()).or_default().push(queue.clone());
         metrics::gauge!(m::SUBSCRIPTIONS_OPEN).increment(1.0);
         Ok(())
     }
 
-    /// Adds `queue` to every one of `streams`, or to none of them.
+    /// Adds `queue` to every one of `patterns`, or to none of them.
     ///
     /// # Errors
-    /// [`RegistryError::StreamLimit`] when a new stream does not fit; the streams
-    /// attached so far are detached again.
-    pub fn attach_all(&self, streams: &[StreamName], queue: &SubscriberQueue) -> Result<(), RegistryError> {
-        for (attached, stream) in streams.iter().enumerate() {
-            if let Err(error) = self.attach_one(stream, queue) {
-                self.detach(&streams[..attached], queue);
+    /// [`RegistryError::StreamLimit`] when a new entry does not fit; those attached
+    /// so far are detached again.
+    pub fn attach_all(&self, patterns: &[StreamPattern], queue: &SubscriberQueue) -> Result<(), RegistryError> {
+        for (attached, pattern) in patterns.iter().enumerate() {
+            if let Err(error) = self.attach_one(pattern, queue) {
+                self.detach(&patterns[..attached], queue);
                 return Err(error);
             }
         }
         Ok(())
     }
 
-    /// Removes `queue` from each of `streams` and reclaims streams left empty.
-    pub fn detach(&self, streams: &[StreamName], queue: &SubscriberQueue) {
-        for stream in streams {
-            if let Some(mut subscribers) = self.streams.get_mut(stream) {
-                let before = subscribers.len();
-                subscribers.retain(|q| q.id != queue.id);
-                record_removed(before - subscribers.len());
+    /// Removes `queue` from each of `patterns` and reclaims entries left empty.
+    pub fn detach(&self, patterns: &[StreamPattern], queue: &SubscriberQueue) {
+        for pattern in patterns {
+            match Key::of(pattern) {
+                Key::Name(stream) => {
+                    if let Some(mut subscribers) = self.streams.get_mut(stream) {
+                        let before = subscribers.len();
+                        subscribers.retain(|q| q.id != queue.id);
+                        record_removed(before - subscribers.len());
+                    }
+                    self.streams.remove_if(stream, |_, subscribers| subscribers.is_empty());
+                }
+                Key::Prefix(prefix) => {
+                    if let Some(mut subscribers) = self.prefixes.get_mut(prefix) {
+                        let before = subscribers.len();
+                        subscribers.retain(|q| q.id != queue.id);
+                        record_removed(before - subscribers.len());
+                    }
+                    if self
+                        .prefixes
+                        .remove_if(prefix, |_, subscribers| subscribers.is_empty())
+                        .is_some()
+                    {
+                        self.prefix_lengths.removed(prefix.len());
+                    }
+                }
             }
-            self.streams.remove_if(stream, |_, subscribers| subscribers.is_empty());
         }
     }
 
-    /// Offers `frame` to every local subscriber of `stream`, detaching those whose
-    /// queue is full or closed. Never blocks and allocates nothing per subscriber.
+    /// Offers `frame` of `stream` to every local subscriber of the stream and of
+    /// every pattern matching it, detaching those whose queue is full or closed.
+    /// Never blocks and allocates nothing per subscriber.
     pub fn deliver(&self, stream: &StreamName, frame: &Arc<Frame>) -> usize {
-        let Some(mut subscribers) = self.streams.get_mut(stream) else {
-            return 0;
-        };
+        let mut delivered = 0;
+        if let Some(mut subscribers) = self.streams.get_mut(stream) {
+            delivered += self.offer(&mut subscribers, frame);
+        }
+        let name = stream.as_str();
+        self.prefix_lengths.for_each_up_to(name.len(), |length| {
+            if let Some(mut subscribers) = self.prefixes.get_mut(&name[..length]) {
+                delivered += self.offer(&mut subscribers, frame);
+            }
+        });
+        delivered
+    }
+
+    /// Offers `frame` to the subscribers of exactly `pattern` (a notice about that
+    /// subscription), not to those of other matching names or patterns.
+    pub fn deliver_to(&self, pattern: &StreamPattern, frame: &Arc<Frame>) -> usize {
+        match Key::of(pattern) {
+            Key::Name(stream) => self
+                .streams
+                .get_mut(stream)
+                .map_or(0, |mut subscribers| self.offer(&mut subscribers, frame)),
+            Key::Prefix(prefix) => self
+                .prefixes
+                .get_mut(prefix)
+                .map_or(0, |mut subscribers| self.offer(&mut subscribers, frame)),
+        }
+    }
+
+    fn offer(&self, subscribers: &mut Vec<SubscriberQueue>, frame: &Arc<Frame>) -> usize {
         let before = subscribers.len();
         let capacity = self.queue_capacity;
         subscribers.retain(|queue| queue.offer(frame, capacity));
@@ -194,32 +332,48 @@ impl StreamRegistry {
         subscribers.len()
     }
 
-    /// Whether `stream` has local subscribers.
-    pub fn contains(&self, stream: &StreamName) -> bool {
-        self.streams.contains_key(stream)
+    /// Whether `pattern` has local subscribers.
+    pub fn contains(&self, pattern: &StreamPattern) -> bool {
+        match Key::of(pattern) {
+            Key::Name(stream) => self.streams.contains_key(stream),
+            Key::Prefix(prefix) => self.prefixes.contains_key(prefix),
+        }
     }
 
-    /// Streams with at least one local subscriber.
+    /// Every name and pattern with local subscribers.
+    pub fn patterns(&self) -> Vec<StreamPattern> {
+        let names = self
+            .streams
+            .iter()
+            .map(|entry| StreamPattern::Exact(entry.key().clone()));
+        let prefixes = self.prefixes.iter().map(|entry| match &**entry.key() {
+            "" => StreamPattern::Any,
+            _ => StreamPattern::Prefix(Arc::clone(entry.key())),
+        });
+        names.chain(prefixes).collect()
+    }
+
+    /// Names and patterns with at least one local subscriber.
     pub fn len(&self) -> usize {
-        self.streams.len()
+        self.streams.len() + self.prefixes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+        self.streams.is_empty() && self.prefixes.is_empty()
     }
 }
 
-/// A queue attached to some streams; detached when dropped.
+/// A queue attached to some names and patterns; detached when dropped.
 #[derive(Debug)]
 pub struct Attachment {
     registry: Arc<StreamRegistry>,
-    streams: Vec<StreamName>,
+    patterns: Vec<StreamPattern>,
     queue: SubscriberQueue,
 }
 
 impl Attachment {
-    pub fn streams(&self) -> &[StreamName] {
-        &self.streams
+    pub fn patterns(&self) -> &[StreamPattern] {
+        &self.patterns
     }
 
     pub fn queue(&self) -> &SubscriberQueue {
@@ -229,7 +383,7 @@ impl Attachment {
 
 impl Drop for Attachment {
     fn drop(&mut self) {
-        self.registry.detach(&self.streams, &self.queue);
+        self.registry.detach(&self.patterns, &self.queue);
     }
 }
 
@@ -241,30 +395,28 @@ fn record_removed(count: usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use bytes::Bytes;
 
     use super::*;
     use crate::event::EventId;
 
     fn frame(id: u64) -> Arc<Frame> {
-        Arc::new(Frame {
-            id: EventId::from_u64(id),
-            published_at: Instant::now(),
-            bytes: Bytes::from_static(b"x"),
-        })
+        Arc::new(Frame::notice(EventId::from_u64(id), Bytes::from_static(b"x")))
     }
 
     fn name(text: &str) -> StreamName {
         StreamName::try_new(text).unwrap()
     }
 
+    fn pattern(text: &str) -> StreamPattern {
+        StreamPattern::try_new(text).unwrap()
+    }
+
     #[test]
     fn streams_are_reclaimed_when_their_last_subscriber_leaves() {
         let registry = StreamRegistry::new(10, 4);
         let (queue, _rx) = registry.new_queue(CancellationToken::new());
-        let streams = [name("a"), name("b")];
+        let streams = [pattern("a"), pattern("b.*")];
         let registry = Arc::new(registry);
         let attachment = registry.attach(&streams, &queue).unwrap();
         assert_eq!(registry.len(), 2);
@@ -276,10 +428,17 @@ mod tests {
     fn the_stream_limit_refuses_new_streams_only() {
         let registry = StreamRegistry::new(1, 4);
         let (queue, _rx) = registry.new_queue(CancellationToken::new());
-        registry.attach_one(&name("a"), &queue).unwrap();
-        assert_eq!(registry.attach_one(&name("b"), &queue), Err(RegistryError::StreamLimit));
+        registry.attach_one(&pattern("a"), &queue).unwrap();
+        assert_eq!(
+            registry.attach_one(&pattern("b"), &queue),
+            Err(RegistryError::StreamLimit)
+        );
+        assert_eq!(
+            registry.attach_one(&pattern("b.*"), &queue),
+            Err(RegistryError::StreamLimit)
+        );
         let (other, _rx2) = registry.new_queue(CancellationToken::new());
-        registry.attach_one(&name("a"), &other).unwrap();
+        registry.attach_one(&pattern("a"), &other).unwrap();
     }
 
     #[test]
@@ -287,7 +446,7 @@ mod tests {
         let registry = StreamRegistry::new(1, 4);
         let (queue, _rx) = registry.new_queue(CancellationToken::new());
         assert_eq!(
-            registry.attach_all(&[name("a"), name("b")], &queue),
+            registry.attach_all(&[pattern("a"), pattern("b")], &queue),
             Err(RegistryError::StreamLimit)
         );
         assert!(registry.is_empty(), "the first stream was detached again");
@@ -299,8 +458,9 @@ mod tests {
         let (slow, _slow_rx) = registry.new_queue(CancellationToken::new());
         let (fast, mut fast_rx) = registry.new_queue(CancellationToken::new());
         let stream = name("a");
-        registry.attach_one(&stream, &slow).unwrap();
-        registry.attach_one(&stream, &fast).unwrap();
+        // The firehose subscriber that cannot keep up goes like any other.
+        registry.attach_one(&pattern("*"), &slow).unwrap();
+        registry.attach_one(&pattern("a"), &fast).unwrap();
         for id in 1..=3 {
             registry.deliver(&stream, &frame(id));
             assert_eq!(fast_rx.try_recv().unwrap().id, EventId::from_u64(id));
@@ -308,5 +468,73 @@ mod tests {
         assert!(slow.overflowed().is_cancelled());
         assert!(!fast.overflowed().is_cancelled());
         assert_eq!(registry.deliver(&stream, &frame(4)), 1);
+    }
+
+    fn received(receiver: &mut QueueReceiver) -> Vec<u64> {
+        std::iter::from_fn(|| receiver.try_recv())
+            .map(|frame| frame.id.as_u64())
+            .collect()
+    }
+
+    #[test]
+    fn patterns_receive_every_matching_stream_and_nothing_else() {
+        let registry = Arc::new(StreamRegistry::new(100, 64));
+        let subscribe = |text: &str| {
+            let (queue, receiver) = registry.new_queue(CancellationToken::new());
+            (registry.attach(&[pattern(text)], &queue).unwrap(), receiver)
+        };
+        let (_ci, mut ci) = subscribe("ci.*");
+        let (_ci_main, mut ci_main) = subscribe("ci.main.*");
+        let (_all, mut all) = subscribe("*");
+        let (_exact, mut exact) = subscribe("ci.main.build");
+        for (id, stream) in [
+            (1, "ci.main.build"),
+            (2, "ci.dev"),
+            (3, "cia"),
+            (4, "ci."),
+            (5, "other"),
+        ] {
+            registry.deliver(&name(stream), &frame(id));
+        }
+        assert_eq!(received(&mut ci), [1, 2, 4]);
+        assert_eq!(received(&mut ci_main), [1]);
+        assert_eq!(received(&mut all), [1, 2, 3, 4, 5]);
+        assert_eq!(received(&mut exact), [1]);
+    }
+
+    #[test]
+    fn a_notice_for_a_pattern_reaches_only_its_own_subscribers() {
+        let registry = Arc::new(StreamRegistry::new(100, 64));
+        let (queue, mut pattern_rx) = registry.new_queue(CancellationToken::new());
+        let _pattern = registry.attach(&[pattern("ci.*")], &queue).unwrap();
+        let (queue, mut name_rx) = registry.new_queue(CancellationToken::new());
+        let _name = registry.attach(&[pattern("ci.a")], &queue).unwrap();
+        assert_eq!(registry.deliver_to(&pattern("ci.*"), &frame(9)), 1);
+        assert_eq!(received(&mut pattern_rx), [9]);
+        assert!(received(&mut name_rx).is_empty());
+    }
+
+    #[test]
+    fn prefix_lengths_follow_the_patterns_that_have_subscribers() {
+        let registry = Arc::new(StreamRegistry::new(100, 64));
+        let (queue, mut receiver) = registry.new_queue(CancellationToken::new());
+        let long = "x".repeat(127);
+        let attachment = registry
+            .attach(&[pattern("a.*"), pattern(&format!("{long}*"))], &queue)
+            .unwrap();
+        registry.deliver(&name(&format!("{long}y")), &frame(1));
+        registry.deliver(&name("a.b"), &frame(2));
+        assert_eq!(received(&mut receiver), [1, 2], "lengths 2 and 127 are looked up");
+        drop(attachment);
+        assert!(registry.is_empty());
+        assert_eq!(
+            registry
+                .prefix_lengths
+                .bits
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            0
+        );
     }
 }

@@ -37,6 +37,11 @@ impl ReplayBuffer {
         self.frames.front()
     }
 
+    /// The newest event held.
+    pub fn back(&self) -> Option<&Arc<Frame>> {
+        self.frames.back()
+    }
+
     /// Drops the oldest event; every event after it is still known.
     pub fn evict_front(&mut self) -> Option<Arc<Frame>> {
         let evicted = self.frames.pop_front()?;
@@ -66,18 +71,12 @@ impl ReplayBuffer {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use bytes::Bytes;
 
     use super::*;
 
     fn frame(id: u64) -> Arc<Frame> {
-        Arc::new(Frame {
-            id: EventId::from_u64(id),
-            published_at: Instant::now(),
-            bytes: Bytes::new(),
-        })
+        Arc::new(Frame::notice(EventId::from_u64(id), Bytes::new()))
     }
 
     fn ids<'a>(frames: impl Iterator<Item = &'a Arc<Frame>>) -> Vec<u64> {

@@ -38,10 +38,9 @@ async fn the_demo_page_shows_published_events_live() {
     browser
         .wait_for("the page to connect", "window.demoState === 'open'")
         .await;
-    let health = json!({"stream":"demo.servers","host":"web-test","cpu":0.42,"mem":0.63,"status":"ok","at":"2026-11-21T07:00:00Z"});
+    let health = json!({"host":"web-test","cpu":0.42,"mem":0.63,"status":"ok","at":"2026-11-21T07:00:00Z"});
     let id = server.publish("demo.servers", Some("health"), health).await;
-    let pipeline =
-        json!({"stream":"demo.ci","pipeline":"api","run":7,"stage":"test","status":"passed","duration_s":42});
+    let pipeline = json!({"pipeline":"api","run":7,"stage":"test","status":"passed","duration_s":42});
     server.publish("demo.ci", Some("pipeline"), pipeline).await;
     browser
         .wait_for("the host card", r#"document.querySelector('[data-host="web-test"]')"#)
@@ -49,8 +48,13 @@ async fn the_demo_page_shows_published_events_live() {
     browser
         .wait_for("the pipeline row", r#"document.querySelector('[data-pipeline="api"]')"#)
         .await;
-    let logged = browser.eval("return window.demoEvents.map(e => e.id);", vec![]).await;
-    assert!(logged.as_array().unwrap().contains(&json!(id)));
+    let logged = browser
+        .eval("return window.demoEvents.map(e => [e.id, e.stream]);", vec![])
+        .await;
+    assert!(
+        logged.as_array().unwrap().contains(&json!([id, "demo.servers"])),
+        "the page knows each event's stream from its envelope: {logged}"
+    );
     // Let the sample publisher fill the page before the screenshot.
     browser
         .wait_for("sample events", "window.demoEvents.length >= 15")
@@ -83,6 +87,41 @@ async fn an_event_source_with_an_access_token_receives_two_streams() {
     assert_eq!(ids(&got), [first, second]);
     assert_eq!(got[0]["data"], "from alpha");
     assert_eq!(got[1]["data"], r#"{"from":"beta"}"#);
+}
+
+#[tokio::test]
+async fn an_event_source_on_a_prefix_with_envelopes_knows_each_events_stream() {
+    let server = TestServer::start_default().await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/healthz")).await;
+    let token = server.token(&["shop.*"], &[]);
+    browser
+        .eval(
+            LISTEN,
+            vec![json!(format!("/events?stream=shop.*&envelope=1&access_token={token}"))],
+        )
+        .await;
+    browser.wait_for("the stream to open", "window.opens === 1").await;
+    let first = server.publish("shop.orders", None, json!({"order": 1})).await;
+    server.publish("other", None, json!("not matched")).await;
+    let second = server.publish("shop.stock.eu", None, json!("low")).await;
+    let got = browser
+        .wait_for("two events", "window.got.length >= 2 && window.got")
+        .await;
+    assert_eq!(ids(&got), [first, second]);
+    let envelopes: Vec<Value> = got
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| serde_json::from_str(event["data"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        envelopes,
+        [
+            json!({"stream": "shop.orders", "data": {"order": 1}}),
+            json!({"stream": "shop.stock.eu", "data": "low"})
+        ]
+    );
 }
 
 #[tokio::test]
@@ -151,7 +190,7 @@ async fn a_gap_notice_reaches_the_page() {
         .wait_for("the gap notice", "window.demoEvents.find(e => e.type === 'gap')")
         .await;
     let data: Value = serde_json::from_str(gap["data"].as_str().unwrap()).unwrap();
-    assert_eq!(data["streams"], json!(["demo.ci"]));
+    assert_eq!(data["streams"], json!(["demo.*"]), "the page's subscription");
     browser
         .wait_for(
             "the gap banner",

@@ -9,9 +9,13 @@ use std::sync::Arc;
 use futures::future::join_all;
 use serde_json::Value;
 use sse_gateway::config::Config;
+use sse_gateway::event::{DataKind, EventType, NewEvent};
 use sse_gateway::node::PublishError;
+use sse_gateway::stream::StreamName;
 
-use crate::support::node::{Deployment, publish, subscribe, try_publish};
+use crate::support::node::{
+    Deployment, Options, position, publish, publish_events, subscribe, subscribe_with, try_publish,
+};
 use crate::support::{SseEvent, within};
 
 fn ids(events: &[SseEvent]) -> Vec<String> {
@@ -252,6 +256,220 @@ async fn a_client_resumes_on_another_node(deployment: Deployment) {
     assert_eq!(distinct.len(), all.len(), "ids are unique across nodes");
 }
 
+/// A pattern subscription receives streams created after it started, and the
+/// firehose receives everything; neither receives what does not match.
+async fn a_pattern_receives_streams_created_after_it_subscribed(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut pattern = subscribe(&node, &["fresh.*"], None).await;
+    let mut firehose = subscribe(&node, &["*"], None).await;
+    // A name the pattern also matches, on the same node: each still gets it once.
+    let mut named = subscribe(&node, &["fresh.one"], None).await;
+    let other = publish(&node, "stale.x", "not for the pattern").await;
+    let first = publish(&node, "fresh.one", "1").await;
+    let second = publish(&node, "fresh.two.deep", "2").await;
+    assert_eq!(ids(&pattern.events(2).await), [first.clone(), second.clone()]);
+    assert_eq!(ids(&firehose.events(3).await), [other, first.clone(), second]);
+    assert_eq!(named.next_event().await.id, Some(first));
+    let last = publish(&node, "fresh.one", "3").await;
+    assert_eq!(named.next_event().await.id, Some(last), "nothing twice");
+}
+
+/// A pattern resumes every matching stream after one id, in id order, with no gap
+/// notice while history holds it; names and patterns mix on one connection.
+async fn a_pattern_resume_replays_every_matching_stream_in_id_order(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut all = Vec::new();
+    for i in 0..9 {
+        all.push(publish(&node, ["pr.a", "pr.b", "other"][i % 3], &i.to_string()).await);
+    }
+    let mut resumed = subscribe(&node, &["pr.*"], Some(&all[0])).await;
+    let expected: Vec<String> = [1, 3, 4, 6, 7].iter().map(|&i| all[i].clone()).collect();
+    let events = resumed.events(5).await;
+    assert!(events.iter().all(|e| e.event == "message"), "no gap notice: {events:?}");
+    assert_eq!(ids(&events), expected);
+    // A name covered by a pattern of the same connection is not delivered twice.
+    let mut mixed = subscribe(&node, &["pr.a", "pr.*", "other"], Some(&all[5])).await;
+    assert_eq!(ids(&mixed.events(3).await), all[6..]);
+    let live = publish(&node, "pr.a", "live").await;
+    assert_eq!(mixed.next_event().await.id, Some(live));
+}
+
+fn short_history(config: &mut Config) {
+    config.streams.buffer_ttl = std::time::Duration::from_millis(300);
+    config.streams.sweep_interval = std::time::Duration::from_millis(50);
+}
+
+/// A matching stream whose history expired and was reclaimed while the client was
+/// away: its resume gets a gap notice naming the pattern, never silence.
+async fn a_pattern_resume_across_a_reclaimed_stream_gets_a_gap_notice(deployment: Deployment) {
+    let node = deployment.node().await;
+    let before = publish(&node, "rc.kept", "before").await;
+    let missed = publish(&node, "rc.gone", "missed").await;
+    deployment.wait_until_reclaimed(&node, "rc.gone").await;
+    let mut resumed = subscribe(&node, &["rc.*"], Some(&before)).await;
+    let gap = resumed.next_event().await;
+    assert_eq!(gap.event, "gap", "{missed} was lost");
+    assert_eq!(gap.id.as_deref(), Some(before.as_str()));
+    let data: Value = serde_json::from_str(&gap.data).unwrap();
+    assert_eq!(data["streams"], serde_json::json!(["rc.*"]));
+    let live = publish(&node, "rc.new", "after").await;
+    assert_eq!(resumed.next_event().await.id, Some(live));
+}
+
+/// `envelope=1` wraps strings, JSON values and untyped events with their stream;
+/// ids and types are unchanged, and gap notices are not wrapped.
+async fn envelopes_carry_the_stream_and_the_data_as_published(deployment: Deployment) {
+    let node = deployment.node().await;
+    let options = Options {
+        envelope: true,
+        ..Options::default()
+    };
+    let mut enveloped = subscribe_with(&node, &["env.*"], options).await;
+    let event = |stream: &str, event_type: Option<&str>, data: &str, kind: DataKind| NewEvent {
+        stream: StreamName::try_new(stream).unwrap(),
+        event_type: event_type.map(|t| EventType::try_new(t).unwrap()),
+        data: data.to_owned(),
+        kind,
+    };
+    let ids = publish_events(
+        &node,
+        vec![
+            event("env.a", Some("note"), "two\r\nlines", DataKind::Text),
+            event("env.b", Some("build"), r#"{"ok":true,"n":[1,2.50]}"#, DataKind::Json),
+            event("env.a", None, "42", DataKind::Json),
+            event("env.c", None, "42", DataKind::Text),
+        ],
+    )
+    .await;
+    let events = enveloped.events(4).await;
+    let received: Vec<(Option<String>, String, Value)> = events
+        .into_iter()
+        .map(|e| (e.id, e.event, serde_json::from_str(&e.data).expect("envelope is JSON")))
+        .collect();
+    let id = |i: usize| Some(ids[i].to_string());
+    assert_eq!(
+        received,
+        [
+            (
+                id(0),
+                "note".to_owned(),
+                serde_json::json!({"stream": "env.a", "event": "note", "data": "two\r\nlines"})
+            ),
+            (
+                id(1),
+                "build".to_owned(),
+                serde_json::json!({"stream": "env.b", "event": "build", "data": {"ok": true, "n": [1, 2.5]}})
+            ),
+            (
+                id(2),
+                "message".to_owned(),
+                serde_json::json!({"stream": "env.a", "data": 42})
+            ),
+            (
+                id(3),
+                "message".to_owned(),
+                serde_json::json!({"stream": "env.c", "data": "42"})
+            ),
+        ]
+    );
+    // Replayed events are wrapped as well; a gap notice is not.
+    let options = Options {
+        envelope: true,
+        last_event_id: Some("not-an-id"),
+        ..Options::default()
+    };
+    let mut resumed = subscribe_with(&node, &["env.b"], options).await;
+    let gap = resumed.next_event().await;
+    assert_eq!(gap.event, "gap");
+    assert_eq!(
+        serde_json::from_str::<Value>(&gap.data).unwrap(),
+        serde_json::json!({"streams": ["env.b"]})
+    );
+    let replayed: Value = serde_json::from_str(&resumed.next_event().await.data).unwrap();
+    assert_eq!(replayed["stream"], "env.b");
+}
+
+/// `replay=latest` sends the newest held event of each stream in id order, then
+/// live events; with a resume id it is ignored.
+async fn latest_sends_the_newest_event_of_each_stream(deployment: Deployment) {
+    let node = deployment.node().await;
+    let mut published = Vec::new();
+    for (stream, data) in [("lt.a", "1"), ("lt.b", "2"), ("lt.a", "3"), ("lt.c", "4")] {
+        published.push(publish(&node, stream, data).await);
+    }
+    let latest = Options {
+        latest: true,
+        ..Options::default()
+    };
+    let mut names = subscribe_with(&node, &["lt.a", "lt.b", "lt.none"], latest).await;
+    assert_eq!(
+        ids(&names.events(2).await),
+        [published[1].clone(), published[2].clone()]
+    );
+    let live = publish(&node, "lt.b", "live").await;
+    assert_eq!(
+        names.next_event().await.id,
+        Some(live.clone()),
+        "then live, nothing else"
+    );
+    let mut pattern = subscribe_with(&node, &["lt.*"], latest).await;
+    assert_eq!(
+        ids(&pattern.events(3).await),
+        [published[2].clone(), published[3].clone(), live.clone()]
+    );
+    let resumed = Options {
+        latest: true,
+        last_event_id: Some(&published[0]),
+        ..Options::default()
+    };
+    let mut resumed = subscribe_with(&node, &["lt.a"], resumed).await;
+    assert_eq!(
+        resumed.next_event().await.id,
+        Some(published[2].clone()),
+        "a resume wins"
+    );
+}
+
+/// Snapshot-then-subscribe: read `head`, subscribe from it while publishers go on;
+/// the client gets exactly what was published after the read, with no gap notice.
+async fn head_then_subscribe_loses_and_duplicates_nothing(deployment: Deployment) {
+    let node = deployment.node().await;
+    let empty = position(&node, "pos.s").await;
+    assert_eq!((empty.last_id, empty.buffered), (None, 0));
+    publish(&node, "pos.s", "old").await;
+    let publisher = {
+        let node = Arc::clone(&node);
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..150 {
+                ids.push(publish(&node, "pos.s", &i.to_string()).await);
+                tokio::task::yield_now().await;
+            }
+            ids
+        })
+    };
+    let head = position(&node, "pos.s").await;
+    assert!(head.buffered >= 1 && head.last_id.is_some_and(|last| last <= head.head));
+    let head_id = head.head.to_string();
+    let options = Options {
+        last_event_id: Some(&head_id),
+        ..Options::default()
+    };
+    let mut subscribed = subscribe_with(&node, &["pos.s"], options).await;
+    let published = within("publisher", publisher).await.unwrap();
+    let expected: Vec<String> = published
+        .iter()
+        .filter(|id| id.parse::<u64>().unwrap() > head.head.as_u64())
+        .cloned()
+        .collect();
+    let events = subscribed.events(expected.len()).await;
+    assert!(events.iter().all(|e| e.event == "message"), "no gap notice");
+    assert_eq!(ids(&events), expected);
+    let last = position(&node, "pos.s").await;
+    assert_eq!(last.last_id.map(|id| id.to_string()), published.last().cloned());
+    assert!(last.head >= last.last_id.unwrap());
+}
+
 /// Runs every scenario on one backend; `$deployment` builds a fresh one per
 /// scenario from a configuration adjustment.
 macro_rules! conformance {
@@ -286,6 +504,18 @@ macro_rules! conformance {
                 the_node_history_bound_evicts_the_oldest_events_first,
                 small_history
             );
+            scenario!(a_pattern_receives_streams_created_after_it_subscribed, defaults);
+            scenario!(
+                a_pattern_resume_replays_every_matching_stream_in_id_order,
+                defaults
+            );
+            scenario!(
+                a_pattern_resume_across_a_reclaimed_stream_gets_a_gap_notice,
+                short_history
+            );
+            scenario!(envelopes_carry_the_stream_and_the_data_as_published, defaults);
+            scenario!(latest_sends_the_newest_event_of_each_stream, defaults);
+            scenario!(head_then_subscribe_loses_and_duplicates_nothing, defaults);
         }
     };
 }

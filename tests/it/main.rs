@@ -22,6 +22,7 @@ mod interop;
 mod limits;
 mod metrics;
 mod operations;
+mod patterns;
 mod publish;
 mod redis;
 mod replay;

@@ -27,14 +27,14 @@ use std::time::Instant;
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use crate::broker::held::Evicted;
-use crate::event::{EventId, EventType};
+use crate::event::{DataKind, EventId, EventType, NewEvent};
 use crate::idempotency::Fingerprint;
 use crate::metrics as m;
 use crate::stream::StreamName;
 
 const MARKER: &str = "sse-gateway.json";
 const FORMAT: &str = r#"{"format":"sse-gateway-disk","version":1}"#;
-const VALUE_VERSION: u8 = 1;
+const VALUE_VERSION: u8 = 2;
 
 /// Why the data directory cannot be used; always names it.
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +51,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
     pub id: EventId,
-    pub stream: StreamName,
-    pub event_type: Option<EventType>,
-    pub data: String,
+    pub event: NewEvent,
     /// When it was published, in milliseconds since the Unix epoch (for the age bound).
     pub published_ms: u64,
 }
@@ -342,18 +340,24 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// `version, stream length, stream, type length (u16), type, published ms (u64), data`.
-fn encode(event: &StoredEvent) -> Vec<u8> {
+/// `version (2), kind (0 text, 1 JSON), stream length, stream, type length (u16),
+/// type, published ms (u64), data`. Version 1 had no kind byte (text).
+fn encode(stored: &StoredEvent) -> Vec<u8> {
+    let event = &stored.event;
     let stream = event.stream.as_str().as_bytes();
     let event_type = event.event_type.as_ref().map_or("", EventType::as_str).as_bytes();
-    let mut value = Vec::with_capacity(12 + stream.len() + event_type.len() + event.data.len());
+    let mut value = Vec::with_capacity(13 + stream.len() + event_type.len() + event.data.len());
     value.push(VALUE_VERSION);
+    value.push(match event.kind {
+        DataKind::Text => 0,
+        DataKind::Json => 1,
+    });
     // Stream names are at most 128 bytes, event types at most 256.
     value.push(stream.len() as u8);
     value.extend_from_slice(stream);
     value.extend_from_slice(&(event_type.len() as u16).to_be_bytes());
     value.extend_from_slice(event_type);
-    value.extend_from_slice(&event.published_ms.to_be_bytes());
+    value.extend_from_slice(&stored.published_ms.to_be_bytes());
     value.extend_from_slice(event.data.as_bytes());
     value
 }
@@ -389,9 +393,15 @@ fn decode_key(key: &[u8], value: &[u8]) -> Option<StoredKey> {
 fn decode(key: &[u8], value: &[u8]) -> Option<StoredEvent> {
     let id = EventId::from_u64(u64::from_be_bytes(key.try_into().ok()?));
     let (&version, rest) = value.split_first()?;
-    if version != VALUE_VERSION {
-        return None;
-    }
+    let (kind, rest) = match version {
+        1 => (DataKind::Text, rest),
+        VALUE_VERSION => match rest.split_first()? {
+            (0, rest) => (DataKind::Text, rest),
+            (1, rest) => (DataKind::Json, rest),
+            _ => return None,
+        },
+        _ => return None,
+    };
     let (&stream_len, rest) = rest.split_first()?;
     let (stream, rest) = rest.split_at_checked(usize::from(stream_len))?;
     let (type_len, rest) = rest.split_at_checked(2)?;
@@ -400,13 +410,16 @@ fn decode(key: &[u8], value: &[u8]) -> Option<StoredEvent> {
     let event_type = std::str::from_utf8(event_type).ok()?;
     Some(StoredEvent {
         id,
-        stream: StreamName::try_new(std::str::from_utf8(stream).ok()?).ok()?,
-        event_type: if event_type.is_empty() {
-            None
-        } else {
-            Some(EventType::try_new(event_type).ok()?)
+        event: NewEvent {
+            stream: StreamName::try_new(std::str::from_utf8(stream).ok()?).ok()?,
+            event_type: if event_type.is_empty() {
+                None
+            } else {
+                Some(EventType::try_new(event_type).ok()?)
+            },
+            data: String::from_utf8(data.to_vec()).ok()?,
+            kind,
         },
-        data: String::from_utf8(data.to_vec()).ok()?,
         published_ms: u64::from_be_bytes(published_ms.try_into().ok()?),
     })
 }
@@ -418,9 +431,12 @@ mod tests {
     fn event(id: u64) -> StoredEvent {
         StoredEvent {
             id: EventId::from_u64(id),
-            stream: StreamName::try_new("a.b").unwrap(),
-            event_type: Some(EventType::try_new("t").unwrap()),
-            data: "line\nline".to_owned(),
+            event: NewEvent {
+                stream: StreamName::try_new("a.b").unwrap(),
+                event_type: Some(EventType::try_new("t").unwrap()),
+                data: "line\nline".to_owned(),
+                kind: DataKind::Text,
+            },
             published_ms: 1_767_225_600_000,
         }
     }
@@ -431,9 +447,18 @@ mod tests {
         let key = 42_u64.to_be_bytes();
         assert_eq!(decode(&key, &encode(&stored)), Some(stored));
         let mut untyped = event(7);
-        untyped.event_type = None;
+        untyped.event.event_type = None;
+        untyped.event.kind = DataKind::Json;
         assert_eq!(decode(&7_u64.to_be_bytes(), &encode(&untyped)), Some(untyped));
         assert_eq!(decode(&key, &encode(&event(42))[..10]), None, "truncated");
+    }
+
+    #[test]
+    fn events_written_before_data_kinds_read_as_text() {
+        let mut value = encode(&event(42));
+        value.remove(1);
+        value[0] = 1;
+        assert_eq!(decode(&42_u64.to_be_bytes(), &value), Some(event(42)));
     }
 
     #[test]

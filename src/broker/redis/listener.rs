@@ -2,9 +2,9 @@
 //!
 //! It finds the master (directly or through Sentinel), connects, verifies it
 //! ([`super::verify`]) before handing out command connections, and verifies it again
-//! at every health check. It subscribes to the channel of every stream with local
-//! subscribers (on request,
-//! confirming before the subscriber reads its replay), drops channels no local
+//! at every health check. It subscribes to the channel of every stream and the
+//! channel pattern of every stream pattern with local subscribers (on request,
+//! confirming before the subscriber reads its replay), drops those no local
 //! subscriber needs, delivers notifications to the registry in the order Redis
 //! sent them, and keeps a cursor: the newest id it has delivered or knows to be
 //! covered. When the link comes back it re-subscribes and reads history after the
@@ -26,19 +26,20 @@ use tokio_util::sync::CancellationToken;
 use super::link::connect;
 use super::reply::encode_frame;
 use super::verify::{Instance, Verdict};
-use super::{Shared, id_from_redis, id_to_redis};
+use super::{Keys, Shared, id_from_redis, id_to_redis};
 use crate::broker::BrokerError;
-use crate::event::EventId;
+use crate::event::{DataKind, EventId};
 use crate::history;
 use crate::metrics as m;
-use crate::stream::StreamName;
+use crate::stream::StreamPattern;
 
 /// Requests from the backend to its listener.
 #[derive(Debug)]
 pub(super) enum ListenerCommand {
-    /// Subscribe to these streams' channels; reply once Redis confirmed.
+    /// Subscribe to these names' channels and patterns' channel patterns; reply
+    /// once Redis confirmed.
     Subscribe {
-        streams: Vec<StreamName>,
+        patterns: Vec<StreamPattern>,
         reply: oneshot::Sender<Result<(), BrokerError>>,
     },
 }
@@ -50,7 +51,8 @@ pub(super) struct Listener {
     shared: Arc<Shared>,
     sink: Option<PubSubSink>,
     messages: Option<PubSubStream>,
-    channels: HashSet<StreamName>,
+    /// Names and patterns subscribed (or to subscribe again on reconnect).
+    channels: HashSet<StreamPattern>,
     cursor: Option<EventId>,
     epoch: Option<String>,
     ticks: u64,
@@ -90,25 +92,31 @@ impl Listener {
 
     async fn handle(&mut self, command: ListenerCommand) {
         match command {
-            ListenerCommand::Subscribe { streams, reply } => {
-                let result = self.subscribe(&streams).await;
+            ListenerCommand::Subscribe { patterns, reply } => {
+                let result = self.subscribe(&patterns).await;
                 let _ = reply.send(result);
             }
         }
     }
 
-    async fn subscribe(&mut self, streams: &[StreamName]) -> Result<(), BrokerError> {
+    async fn subscribe(&mut self, patterns: &[StreamPattern]) -> Result<(), BrokerError> {
         let Some(sink) = &mut self.sink else {
             return Err(BrokerError::Unavailable("Redis notification link is down".to_owned()));
         };
-        let new: Vec<&StreamName> = streams.iter().filter(|s| !self.channels.contains(*s)).collect();
+        let new: Vec<StreamPattern> = patterns
+            .iter()
+            .filter(|pattern| !self.channels.contains(*pattern))
+            .cloned()
+            .collect();
         if new.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = new.iter().map(|s| self.shared.keys.channel(s)).collect();
-        let subscribed =
-            tokio::time::timeout(self.shared.settings.redis.response_timeout, sink.subscribe(&names)).await;
-        self.channels.extend(new.into_iter().cloned());
+        let subscribed = tokio::time::timeout(
+            self.shared.settings.redis.response_timeout,
+            subscribe_all(sink, &self.shared.keys, &new),
+        )
+        .await;
+        self.channels.extend(new);
         match subscribed {
             Ok(Ok(())) => Ok(()),
             // The link broke under us (a failover closes clients): connect again,
@@ -122,9 +130,9 @@ impl Listener {
             return;
         };
         let payload = String::from_utf8_lossy(message.get_payload_bytes());
-        let mut parts = payload.splitn(4, '\n');
-        let (Some(epoch), Some(id), Some(event_type), Some(data)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let mut parts = payload.splitn(5, '\n');
+        let (Some(epoch), Some(id), Some(event_type), Some(kind), Some(data)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
         else {
             tracing::warn!("malformed notification ignored");
             return;
@@ -137,15 +145,16 @@ impl Listener {
             return;
         }
         let Ok(id) = id_from_redis(id) else { return };
-        // Recovery may already have delivered it.
+        // Recovery may already have delivered it, or it came twice (a channel and a
+        // channel pattern of this node both match its stream).
         if self.cursor.is_some_and(|cursor| id <= cursor) {
             return;
         }
         self.lag.record(lag_seconds(id));
         self.shared.observe(id);
-        self.shared
-            .registry
-            .deliver(&stream, &Arc::new(encode_frame(id, event_type, data)));
+        let kind = if kind == "j" { DataKind::Json } else { DataKind::Text };
+        let frame = encode_frame(id, &stream, event_type, data.to_owned(), kind);
+        self.shared.registry.deliver(&stream, &Arc::new(frame));
         self.cursor = Some(id);
     }
 
@@ -199,12 +208,15 @@ impl Listener {
             .map_err(|_| BrokerError::Unavailable("pub/sub connection timed out".to_owned()))?
             .map_err(|error| BrokerError::Unavailable(format!("pub/sub connection: {error}")))?;
         let (mut sink, messages) = pubsub.split();
-        let names: Vec<String> = self.channels.iter().map(|s| self.shared.keys.channel(s)).collect();
-        if !names.is_empty() {
-            match tokio::time::timeout(settings.response_timeout, sink.subscribe(&names)).await {
-                Ok(Ok(())) => {}
-                _ => return Err(BrokerError::Unavailable("re-subscribing timed out".to_owned())),
-            }
+        let channels: Vec<StreamPattern> = self.channels.iter().cloned().collect();
+        match tokio::time::timeout(
+            settings.response_timeout,
+            subscribe_all(&mut sink, &self.shared.keys, &channels),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            _ => return Err(BrokerError::Unavailable("re-subscribing timed out".to_owned())),
         }
         self.shared.connections.set(connections);
         self.shared.commands_ok.store(true, Ordering::Release);
@@ -247,9 +259,9 @@ impl Listener {
     /// id order, and gap notices where it cannot (the node's gap logic, through
     /// [`history::catch_up`]). Returns whether Redis answered.
     async fn recover(&mut self) -> bool {
-        let streams: Vec<StreamName> = self.channels.iter().cloned().collect();
+        let patterns: Vec<StreamPattern> = self.channels.iter().cloned().collect();
         let cursor = self.cursor.unwrap_or(EventId::ZERO);
-        let history = match self.shared.read_history(&streams, &id_to_redis(cursor)).await {
+        let history = match self.shared.read_history(&patterns, &id_to_redis(cursor)).await {
             Ok(history) => history,
             Err(error) => {
                 tracing::debug!(%error, "cannot read history to recover");
@@ -268,28 +280,37 @@ impl Listener {
             for stream in &mut read.streams {
                 stream.known_after = EventId::MAX;
             }
+            read.others_known_after = EventId::MAX;
         }
-        self.cursor = Some(history::catch_up(&read, cursor, &self.shared.registry));
+        self.cursor = Some(history::catch_up(&read, &patterns, cursor, &self.shared.registry));
         true
     }
 
     async fn drop_unused_channels(&mut self) {
         let Some(sink) = &mut self.sink else { return };
-        let unused: Vec<StreamName> = self
+        let unused: Vec<StreamPattern> = self
             .channels
             .iter()
-            .filter(|stream| !self.shared.registry.contains(stream))
+            .filter(|pattern| !self.shared.registry.contains(pattern))
             .cloned()
             .collect();
         if unused.is_empty() {
             return;
         }
-        let names: Vec<String> = unused.iter().map(|s| self.shared.keys.channel(s)).collect();
-        if let Ok(Ok(())) =
-            tokio::time::timeout(self.shared.settings.redis.response_timeout, sink.unsubscribe(&names)).await
-        {
-            for stream in &unused {
-                self.channels.remove(stream);
+        let keys = &self.shared.keys;
+        let (names, prefixes) = split(keys, &unused);
+        let unsubscribed = async {
+            if !names.is_empty() {
+                sink.unsubscribe(&names).await?;
+            }
+            if !prefixes.is_empty() {
+                sink.punsubscribe(&prefixes).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(self.shared.settings.redis.response_timeout, unsubscribed).await {
+            for pattern in &unused {
+                self.channels.remove(pattern);
             }
         }
     }
@@ -303,12 +324,36 @@ impl Listener {
             .key(self.shared.keys.meta())
             .key(self.shared.keys.idle())
             .key(self.shared.keys.trimmed())
+            .key(self.shared.keys.names())
             .arg(&self.shared.keys.prefix)
             .arg(self.shared.settings.ttl_ms);
         if let Err(error) = invocation.invoke_async::<i64>(&mut connection).await {
             tracing::debug!(%error, "reclaiming idle streams failed");
         }
     }
+}
+
+/// The channels (names) and channel patterns (patterns) of `patterns`.
+fn split(keys: &Keys, patterns: &[StreamPattern]) -> (Vec<String>, Vec<String>) {
+    let (prefixes, names): (Vec<&StreamPattern>, Vec<&StreamPattern>) =
+        patterns.iter().partition(|pattern| pattern.prefix().is_some());
+    let subscription = |pattern: &&StreamPattern| keys.subscription(pattern);
+    (
+        names.iter().map(subscription).collect(),
+        prefixes.iter().map(subscription).collect(),
+    )
+}
+
+/// Subscribes the channels and channel patterns of `patterns`.
+async fn subscribe_all(sink: &mut PubSubSink, keys: &Keys, patterns: &[StreamPattern]) -> redis::RedisResult<()> {
+    let (names, prefixes) = split(keys, patterns);
+    if !names.is_empty() {
+        sink.subscribe(&names).await?;
+    }
+    if !prefixes.is_empty() {
+        sink.psubscribe(&prefixes).await?;
+    }
+    Ok(())
 }
 
 async fn next_message(messages: &mut Option<PubSubStream>) -> Option<redis::Msg> {

@@ -35,12 +35,12 @@ use redis::Value;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerError, Published};
+use super::{Broker, BrokerError, Position, Published};
 use crate::config::{Config, RedisConfig};
-use crate::event::{EventId, EventType, NewEvent};
+use crate::event::{DataKind, EventId, EventType, Frame, NewEvent};
 use crate::history::HistoryRead;
 use crate::idempotency::IdempotencyKey;
-use crate::stream::{StreamName, StreamRegistry};
+use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
 use link::{Connections, Endpoint};
 use listener::{Listener, ListenerCommand};
@@ -78,8 +78,33 @@ impl Keys {
     fn trimmed(&self) -> String {
         format!("{}trimmed", self.prefix)
     }
+    fn names(&self) -> String {
+        format!("{}names", self.prefix)
+    }
     fn channel(&self, stream: &StreamName) -> String {
         format!("{}n:{stream}", self.prefix)
+    }
+    /// The `PSUBSCRIBE` pattern of every channel whose stream starts with `prefix`:
+    /// the key prefix with glob characters escaped (names have none).
+    fn channel_pattern(&self, prefix: &str) -> String {
+        let mut pattern = String::with_capacity(self.prefix.len() + prefix.len() + 4);
+        for character in self.prefix.chars() {
+            if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(character);
+        }
+        pattern.push_str("n:");
+        pattern.push_str(prefix);
+        pattern.push('*');
+        pattern
+    }
+    /// The channel (name) or channel pattern (pattern) that carries `pattern`'s events.
+    fn subscription(&self, pattern: &StreamPattern) -> String {
+        match pattern.prefix() {
+            Some(prefix) => self.channel_pattern(prefix),
+            None => pattern.as_name().map(|name| self.channel(name)).unwrap_or_default(),
+        }
     }
     fn stream_of_channel(&self, channel: &str) -> Option<StreamName> {
         let name = channel.strip_prefix(&self.prefix)?.strip_prefix("n:")?;
@@ -110,6 +135,8 @@ struct Shared {
     epoch_seed: String,
     publish_script: redis::Script,
     replay_script: redis::Script,
+    latest_script: redis::Script,
+    position_script: redis::Script,
     reclaim_script: redis::Script,
     verify_script: redis::Script,
     /// Whether the node holds connections to a verified master.
@@ -153,27 +180,40 @@ impl Shared {
         }
     }
 
-    /// Runs the replay script for `streams` after `after`.
-    async fn read_history(&self, streams: &[StreamName], after: &str) -> Result<RedisHistory, BrokerError> {
-        let mut connection = self.connections.get()?;
-        let mut invocation = self.replay_script.prepare_invoke();
+    /// Prepares `script` with the keys and leading arguments the read scripts share.
+    fn read_invocation<'a>(&self, script: &'a redis::Script, names: bool) -> redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
         invocation
             .key(self.keys.meta())
             .key(self.keys.seq())
-            .key(self.keys.trimmed())
+            .key(self.keys.trimmed());
+        if names {
+            invocation.key(self.keys.names());
+        }
+        invocation
             .arg(&self.keys.prefix)
             .arg(self.settings.buffer_size)
             .arg(self.settings.ttl_ms)
-            .arg(self.new_epoch())
-            .arg(after);
-        for stream in streams {
-            invocation.arg(stream.as_str());
-        }
-        let value: Value = invocation.invoke_async(&mut connection).await.map_err(|error| {
+            .arg(self.new_epoch());
+        invocation
+    }
+
+    async fn run_read(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<Value, BrokerError> {
+        let mut connection = self.connections.get()?;
+        invocation.invoke_async(&mut connection).await.map_err(|error| {
             self.connection_failed(&error);
             Self::unavailable(&error)
-        })?;
-        RedisHistory::parse(&value)
+        })
+    }
+
+    /// Runs the replay script for the streams `patterns` cover, after `after`.
+    async fn read_history(&self, patterns: &[StreamPattern], after: &str) -> Result<RedisHistory, BrokerError> {
+        let mut invocation = self.read_invocation(&self.replay_script, true);
+        invocation.arg(after);
+        for pattern in patterns {
+            invocation.arg(selector(pattern));
+        }
+        RedisHistory::parse(&self.run_read(&invocation).await?)
     }
 
     /// Waits until `min_replicas` replicas hold every write sent on `connection`.
@@ -199,6 +239,14 @@ impl Shared {
             )));
         }
         Ok(())
+    }
+}
+
+/// A pattern as the read scripts take it: `=NAME` or `*PREFIX`.
+fn selector(pattern: &StreamPattern) -> String {
+    match pattern.prefix() {
+        Some(prefix) => format!("*{prefix}"),
+        None => format!("={pattern}"),
     }
 }
 
@@ -255,6 +303,8 @@ impl RedisBroker {
             epoch_seed: hex::encode(seed),
             publish_script: redis::Script::new(&scripts::publish()),
             replay_script: redis::Script::new(&scripts::replay()),
+            latest_script: redis::Script::new(&scripts::latest()),
+            position_script: redis::Script::new(&scripts::position()),
             reclaim_script: redis::Script::new(&scripts::reclaim()),
             verify_script: redis::Script::new(&scripts::verify()),
             commands_ok: AtomicBool::new(false),
@@ -268,12 +318,13 @@ impl RedisBroker {
         Ok(Arc::new(Self { shared, listener, stop }))
     }
 
-    /// Asks the listener to subscribe to the channels of `streams` and waits until
-    /// Redis confirmed, so no notification after this point is missed.
-    async fn ensure_channels(&self, streams: &[StreamName]) -> Result<(), BrokerError> {
+    /// Asks the listener to subscribe to the channels (names) and channel patterns
+    /// (patterns) of `patterns` and waits until Redis confirmed, so no notification
+    /// after this point is missed.
+    async fn ensure_channels(&self, patterns: &[StreamPattern]) -> Result<(), BrokerError> {
         let (reply, confirmed) = oneshot::channel();
         let command = ListenerCommand::Subscribe {
-            streams: streams.to_vec(),
+            patterns: patterns.to_vec(),
             reply,
         };
         let closed = || BrokerError::Unavailable("listener stopped".to_owned());
@@ -300,6 +351,7 @@ impl Broker for RedisBroker {
             .key(shared.keys.seq())
             .key(shared.keys.idle())
             .key(shared.keys.trimmed())
+            .key(shared.keys.names())
             .arg(&shared.keys.prefix)
             .arg(shared.settings.buffer_size)
             .arg(shared.settings.ttl_ms)
@@ -311,6 +363,10 @@ impl Broker for RedisBroker {
             invocation
                 .arg(event.stream.as_str())
                 .arg(event.event_type.as_ref().map_or("", EventType::as_str))
+                .arg(match event.kind {
+                    DataKind::Text => "t",
+                    DataKind::Json => "j",
+                })
                 .arg(event.data.as_str());
         }
         let reply: Vec<String> = invocation.invoke_async(&mut connection).await.map_err(|error| {
@@ -337,13 +393,29 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn listen(&self, streams: &[StreamName]) -> Result<(), BrokerError> {
-        self.ensure_channels(streams).await
+    async fn listen(&self, patterns: &[StreamPattern]) -> Result<(), BrokerError> {
+        self.ensure_channels(patterns).await
     }
 
-    async fn read(&self, streams: &[StreamName], after: EventId) -> Result<HistoryRead, BrokerError> {
-        let history = self.shared.read_history(streams, &id_to_redis(after)).await?;
+    async fn read(&self, patterns: &[StreamPattern], after: EventId) -> Result<HistoryRead, BrokerError> {
+        let history = self.shared.read_history(patterns, &id_to_redis(after)).await?;
         Ok(history.into_read())
+    }
+
+    async fn latest(&self, patterns: &[StreamPattern]) -> Result<Vec<Arc<Frame>>, BrokerError> {
+        let shared = &self.shared;
+        let mut invocation = shared.read_invocation(&shared.latest_script, true);
+        for pattern in patterns {
+            invocation.arg(selector(pattern));
+        }
+        reply::latest_frames(&shared.run_read(&invocation).await?)
+    }
+
+    async fn position(&self, stream: &StreamName) -> Result<Position, BrokerError> {
+        let shared = &self.shared;
+        let mut invocation = shared.read_invocation(&shared.position_script, false);
+        invocation.arg(stream.as_str());
+        reply::position(&shared.run_read(&invocation).await?)
     }
 
     fn is_ready(&self) -> bool {
@@ -377,5 +449,16 @@ mod tests {
         let stream = StreamName::try_new("prices.eur").unwrap();
         assert_eq!(keys.stream_of_channel(&keys.channel(&stream)), Some(stream));
         assert_eq!(keys.stream_of_channel("other:n:x"), None);
+    }
+
+    #[test]
+    fn channel_patterns_escape_the_key_prefix() {
+        let keys = Keys {
+            prefix: "a*[b]?:".to_owned(),
+        };
+        assert_eq!(keys.channel_pattern("ci."), "a\\*\\[b\\]\\?:n:ci.*");
+        assert_eq!(keys.subscription(&StreamPattern::Any), "a\\*\\[b\\]\\?:n:*");
+        assert_eq!(selector(&StreamPattern::try_new("ci.*").unwrap()), "*ci.");
+        assert_eq!(selector(&StreamPattern::try_new("ci").unwrap()), "=ci");
     }
 }

@@ -2,16 +2,25 @@
 //! - `P` `meta`: hash `epoch` (changes when Redis lost its data), `floor` (every
 //!   event that may have been lost has a smaller id: resumes from below it cannot
 //!   be proven complete), `reclaimed` (events of streams whose history key was
-//!   reclaimed are known only above this id), `instance` and `replid` (the Redis
-//!   instance and replication history a node last verified the data on);
+//!   reclaimed are known only above this id), `names_since` (the `names` index
+//!   lists every stream with history published after this id: a deployment that
+//!   ran an older version before has history the index does not know), `instance`
+//!   and `replid` (the Redis instance and replication history a node last verified
+//!   the data on);
 //! - `P` `seq`: a one-entry Redis Stream whose auto-generated `ms-seq` ids are the
 //!   gateway's ids: strictly increasing across all streams and nodes;
 //! - `P` `s:NAME`: a Redis Stream per gateway stream, trimmed to the buffer size/age;
+//!   entries `t` (type), `d` (data) and `j` = `1` when the data is JSON;
+//! - `P` `names`: sorted set of the names with history (all scores 0, so a pattern
+//!   finds its streams by lexical range), for pattern subscriptions;
 //! - `P` `idle`: sorted set of stream names by last publish, for reclamation;
 //! - `P` `trimmed`: hash of stream name → newest id removed from its history;
 //! - `P` `k:KEY`: an idempotency key: `fingerprint:id,id,…`, expiring with its window;
-//! - channel `P` `n:NAME`: one notification per event, `epoch \n id \n type \n data`
-//!   (the epoch lets a node notice a flush before it delivers what came after it).
+//! - channel `P` `n:NAME`: one notification per event, `epoch \n id \n type \n kind
+//!   \n data` with kind `t` (text) or `j` (JSON); the epoch lets a node notice a
+//!   flush before it delivers what came after it. Pattern subscriptions are
+//!   `PSUBSCRIBE P n:PREFIX*`, so a node learns of new matching streams without
+//!   polling.
 //!
 //! Redis Cluster is not supported: these scripts touch keys in many hash slots.
 
@@ -28,7 +37,7 @@ local function ensure_epoch(meta, seq, new_epoch)
   local epoch = redis.call('HGET', meta, 'epoch')
   if epoch then return epoch end
   local floor = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
-  redis.call('HSET', meta, 'epoch', new_epoch, 'floor', floor, 'reclaimed', '0-0')
+  redis.call('HSET', meta, 'epoch', new_epoch, 'floor', floor, 'reclaimed', '0-0', 'names_since', floor)
   return new_epoch
 end
 local function last_id(seq)
@@ -63,18 +72,40 @@ local function trim(trimmed, key, stream, size, cutoff)
     if (not previous) or id_lt(previous, mark) then redis.call('HSET', trimmed, stream, mark) end
   end
 end
+-- The stream names a list of selectors covers, once each: `=NAME` for a name,
+-- `*PREFIX` for every name with history starting with PREFIX (all for an empty one).
+local function matching(names, selectors, first)
+  local seen, result = {}, {}
+  local function add(name)
+    if not seen[name] then
+      seen[name] = true
+      result[#result + 1] = name
+    end
+  end
+  for i = first, #selectors do
+    local kind, rest = string.sub(selectors[i], 1, 1), string.sub(selectors[i], 2)
+    if kind == '=' then
+      add(rest)
+    elseif rest == '' then
+      for _, name in ipairs(redis.call('ZRANGE', names, '-', '+', 'BYLEX')) do add(name) end
+    else
+      for _, name in ipairs(redis.call('ZRANGE', names, '[' .. rest, '[' .. rest .. '\255', 'BYLEX')) do add(name) end
+    end
+  end
+  return result
+end
 ";
 
-/// KEYS: meta, seq, idle, trimmed. ARGV: prefix, buffer_size, ttl_ms (0 = none),
-/// new_epoch, idempotency key ('' = none), its fingerprint, its ttl_ms, then
-/// `stream, type, data` per event. Returns `{'new', id…}`, `{'repeated', id…}` (the
+/// KEYS: meta, seq, idle, trimmed, names. ARGV: prefix, buffer_size, ttl_ms (0 =
+/// none), new_epoch, idempotency key ('' = none), its fingerprint, its ttl_ms, then
+/// `stream, type, kind (t or j), data` per event. Returns `{'new', id…}`, `{'repeated', id…}` (the
 /// key's first ids; nothing stored, the key's entry touched so a WAIT after this
 /// covers it) or `{'conflict'}`.
 pub(super) fn publish() -> String {
     format!(
         "{PRELUDE}{}",
         r"
-local meta, seq, idle, trimmed = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, seq, idle, trimmed, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, size, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local key, fingerprint, key_ttl = ARGV[5], ARGV[6], ARGV[7]
 local key_name = prefix .. 'k:' .. key
@@ -94,14 +125,19 @@ local now = now_ms()
 local cutoff = nil
 if ttl > 0 then cutoff = now - ttl end
 local result = {'new'}
-for i = 8, #ARGV, 3 do
-  local stream, kind, data = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 8, #ARGV, 4 do
+  local stream, kind, data_kind, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local id = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
   local history = prefix .. 's:' .. stream
-  redis.call('XADD', history, id, 't', kind, 'd', data)
+  if data_kind == 'j' then
+    redis.call('XADD', history, id, 't', kind, 'd', data, 'j', '1')
+  else
+    redis.call('XADD', history, id, 't', kind, 'd', data)
+  end
   trim(trimmed, history, stream, size, cutoff)
   if cutoff then redis.call('ZADD', idle, now, stream) end
-  redis.call('PUBLISH', prefix .. 'n:' .. stream, epoch .. '\n' .. id .. '\n' .. kind .. '\n' .. data)
+  redis.call('ZADD', names, 0, stream)
+  redis.call('PUBLISH', prefix .. 'n:' .. stream, epoch .. '\n' .. id .. '\n' .. kind .. '\n' .. data_kind .. '\n' .. data)
   result[#result + 1] = id
 end
 if key ~= '' then
@@ -153,35 +189,36 @@ if verdict == 'lost' then
   local floor = redis.call('XADD', seq, 'MAXLEN', '1', '*', 'e', '1')
   redis.call('HSET', meta, 'floor', floor)
 end
+-- A deployment started by a version without the names index: patterns resuming
+-- from before now cannot see the older streams.
+redis.call('HSETNX', meta, 'names_since', last_id(seq))
 redis.call('HSET', meta, 'instance', run_id, 'replid', replid)
 return {verdict, redis.call('HGET', meta, 'floor')}
 "
     )
 }
 
-/// KEYS: meta, seq, trimmed. ARGV: prefix, buffer_size, ttl_ms, new_epoch, after
-/// (`ms-seq`), streams… Returns `{epoch, floor, reclaimed, last_id, {name, present,
-/// trimmed_through, entries}…}`, read in one atomic step so the replay is a
-/// consistent cut across streams. An `after` above every id issued is one this
+/// KEYS: meta, seq, trimmed, names. ARGV: prefix, buffer_size, ttl_ms, new_epoch,
+/// after (`ms-seq`), selectors (`=NAME` or `*PREFIX`)… Returns `{epoch, floor,
+/// reclaimed, names_since, last_id, {name, present, trimmed_through, entries}…}`
+/// for every stream the selectors cover, read in one atomic step so the replay is
+/// a consistent cut across streams. An `after` above every id issued is one this
 /// deployment never gave out: everything held is returned (the caller sends a gap
 /// notice).
 pub(super) fn replay() -> String {
     format!(
         "{PRELUDE}{}",
         r"
-local meta, seq, trimmed = KEYS[1], KEYS[2], KEYS[3]
+local meta, seq, trimmed, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, size, ttl, after = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5]
 local epoch = ensure_epoch(meta, seq, ARGV[4])
-local state = redis.call('HMGET', meta, 'floor', 'reclaimed')
-local last = redis.call('XREVRANGE', seq, '+', '-', 'COUNT', 1)
-local last_id = '0-0'
-if #last > 0 then last_id = last[1][1] end
-if id_lt(last_id, after) then after = '0-0' end
+local state = redis.call('HMGET', meta, 'floor', 'reclaimed', 'names_since')
+local last = last_id(seq)
+if id_lt(last, after) then after = '0-0' end
 local cutoff = nil
 if ttl > 0 then cutoff = now_ms() - ttl end
-local result = {epoch, state[1], state[2], last_id}
-for i = 6, #ARGV do
-  local stream = ARGV[i]
+local result = {epoch, state[1], state[2], state[3] or last, last}
+for _, stream in ipairs(matching(names, ARGV, 6)) do
   local key = prefix .. 's:' .. stream
   if redis.call('EXISTS', key) == 1 then
     trim(trimmed, key, stream, size, cutoff)
@@ -196,19 +233,70 @@ return result
     )
 }
 
-/// KEYS: meta, idle, trimmed. ARGV: prefix, ttl_ms. Deletes history keys idle for
+/// KEYS: meta, seq, trimmed, names. ARGV: prefix, buffer_size, ttl_ms, new_epoch,
+/// selectors… Returns `{{name, entry}…}`: the newest held entry of every stream the
+/// selectors cover that holds one, read in one atomic step.
+pub(super) fn latest() -> String {
+    format!(
+        "{PRELUDE}{}",
+        r"
+local meta, seq, trimmed, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, size, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+ensure_epoch(meta, seq, ARGV[4])
+local cutoff = nil
+if ttl > 0 then cutoff = now_ms() - ttl end
+local result = {}
+for _, stream in ipairs(matching(names, ARGV, 5)) do
+  local key = prefix .. 's:' .. stream
+  if redis.call('EXISTS', key) == 1 then
+    trim(trimmed, key, stream, size, cutoff)
+    local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+    if #newest > 0 then result[#result + 1] = {stream, newest[1]} end
+  end
+end
+return result
+"
+    )
+}
+
+/// KEYS: meta, seq, trimmed. ARGV: prefix, buffer_size, ttl_ms, new_epoch, stream.
+/// Returns `{head, newest id or '', held}`: the newest id issued and what the
+/// stream holds.
+pub(super) fn position() -> String {
+    format!(
+        "{PRELUDE}{}",
+        r"
+local meta, seq, trimmed = KEYS[1], KEYS[2], KEYS[3]
+local prefix, size, ttl, stream = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[5]
+ensure_epoch(meta, seq, ARGV[4])
+local key = prefix .. 's:' .. stream
+local cutoff = nil
+if ttl > 0 then cutoff = now_ms() - ttl end
+local newest, held = '', 0
+if redis.call('EXISTS', key) == 1 then
+  trim(trimmed, key, stream, size, cutoff)
+  local entries = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #entries > 0 then newest = entries[1][1] end
+  held = redis.call('XLEN', key)
+end
+return {last_id(seq), newest, held}
+"
+    )
+}
+
+/// KEYS: meta, idle, trimmed, names. ARGV: prefix, ttl_ms. Deletes history keys idle for
 /// longer than the age limit, folding what they lost into `reclaimed` so resumes stay
 /// provable. Bounded to 100 streams per run.
 pub(super) fn reclaim() -> String {
     format!(
         "{PRELUDE}{}",
         r"
-local meta, idle, trimmed = KEYS[1], KEYS[2], KEYS[3]
+local meta, idle, trimmed, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
 local cutoff = now_ms() - ttl
-local names = redis.call('ZRANGEBYSCORE', idle, '-inf', cutoff, 'LIMIT', 0, 100)
+local idle_names = redis.call('ZRANGEBYSCORE', idle, '-inf', cutoff, 'LIMIT', 0, 100)
 local reclaimed = redis.call('HGET', meta, 'reclaimed') or '0-0'
-for _, name in ipairs(names) do
+for _, name in ipairs(idle_names) do
   local key = prefix .. 's:' .. name
   if redis.call('EXISTS', key) == 1 then
     trim(trimmed, key, name, redis.call('XLEN', key), cutoff)
@@ -217,12 +305,13 @@ for _, name in ipairs(names) do
       if id_lt(reclaimed, through) then reclaimed = through end
       redis.call('DEL', key)
       redis.call('HDEL', trimmed, name)
+      redis.call('ZREM', names, name)
     end
   end
   redis.call('ZREM', idle, name)
 end
 if redis.call('EXISTS', meta) == 1 then redis.call('HSET', meta, 'reclaimed', reclaimed) end
-return #names
+return #idle_names
 "
     )
 }

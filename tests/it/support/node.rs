@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use sse_gateway::auth::StreamPattern;
+use sse_gateway::broker::Position;
 use sse_gateway::config::{BackendKind, Config, Secret};
 use sse_gateway::event::{EventId, NewEvent};
 use sse_gateway::history::Resume;
 use sse_gateway::node::{Allowed, Node, Publication, PublishError, Publisher, Source, SubscribeRequest};
 use sse_gateway::stream::StreamName;
+use sse_gateway::stream::StreamPattern;
 use tokio_util::sync::CancellationToken;
 
 use super::redis::RedisServer;
@@ -84,6 +85,28 @@ impl Deployment {
         node
     }
 
+    /// Waits until `stream` holds nothing any more (its history expired); on Redis,
+    /// until its history key was reclaimed as well.
+    pub async fn wait_until_reclaimed(&self, node: &Node, stream: &str) {
+        within("the history to expire and be reclaimed", async {
+            loop {
+                let held = position(node, stream).await.buffered;
+                let reclaimed = match &self.backing {
+                    Backing::Redis(redis) => {
+                        let key = format!("{}s:{stream}", self.config.backend.redis.key_prefix);
+                        redis.cli(&["EXISTS", &key]) == "0"
+                    }
+                    _ => true,
+                };
+                if held == 0 && reclaimed {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+    }
+
     /// Whether history survives every node stopping.
     pub fn is_durable(&self) -> bool {
         !matches!(self.backing, Backing::Memory)
@@ -128,11 +151,7 @@ fn name(stream: &str) -> StreamName {
 }
 
 fn event(stream: &str, data: &str) -> NewEvent {
-    NewEvent {
-        stream: name(stream),
-        event_type: None,
-        data: data.to_owned(),
-    }
+    NewEvent::text(name(stream), None, data)
 }
 
 /// Publishes `events` (stream, data) as one batch through the node.
@@ -155,17 +174,61 @@ pub async fn publish(node: &Node, stream: &str, data: &str) -> String {
     ids[0].to_string()
 }
 
-/// Subscribes through the node, resuming from `last_event_id` as a client would
-/// send it, and reads the subscription's bytes as SSE.
+/// Publishes `events` as one batch through the node.
+pub async fn publish_events(node: &Node, events: Vec<NewEvent>) -> Vec<EventId> {
+    node.publish(Publication {
+        publisher: Publisher {
+            subject: "conformance",
+            source: Source::Http,
+            allowed: Allowed::Any,
+        },
+        events,
+        idempotency: None,
+    })
+    .await
+    .expect("publish")
+}
+
+/// What a subscription asks for besides its streams.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Options<'a> {
+    pub last_event_id: Option<&'a str>,
+    pub latest: bool,
+    pub envelope: bool,
+}
+
+/// Subscribes through the node to names and patterns, resuming from
+/// `last_event_id` as a client would send it, and reads the subscription's bytes
+/// as SSE.
 pub async fn subscribe(node: &Node, streams: &[&str], last_event_id: Option<&str>) -> SseStream {
+    subscribe_with(
+        node,
+        streams,
+        Options {
+            last_event_id,
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// [`subscribe`] with every option.
+pub async fn subscribe_with(node: &Node, streams: &[&str], options: Options<'_>) -> SseStream {
     let any = [StreamPattern::Any];
-    let resume = last_event_id.map(|id| id.parse().map_or(Resume::Unrecognised, Resume::After));
+    let resume = options
+        .last_event_id
+        .map(|id| id.parse().map_or(Resume::Unrecognised, Resume::After));
     let subscription = node
         .subscribe(SubscribeRequest {
             subject: "conformance",
             allowed: &any,
-            streams: streams.iter().map(|stream| name(stream)).collect(),
+            streams: streams
+                .iter()
+                .map(|stream| StreamPattern::try_new(stream).expect("valid stream pattern"))
+                .collect(),
             resume,
+            latest: options.latest,
+            envelope: options.envelope,
             close_at: None,
             close_connection: CancellationToken::new(),
         })
@@ -176,4 +239,11 @@ pub async fn subscribe(node: &Node, streams: &[&str], last_event_id: Option<&str
         Some((Ok(chunk), subscription))
     });
     SseStream::from_chunks(Default::default(), chunks.boxed())
+}
+
+/// Where `stream` stands, through the node.
+pub async fn position(node: &Node, stream: &str) -> Position {
+    node.position(&[StreamPattern::Any], &name(stream))
+        .await
+        .expect("position")
 }

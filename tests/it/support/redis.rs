@@ -81,8 +81,17 @@ impl RedisServer {
 
     /// Runs a command with `redis-cli`.
     pub fn cli(&self, args: &[&str]) -> String {
-        let output = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.addr.port().to_string()])
+        // Bounded: this blocks the test's thread, so a server that never answers
+        // must not hang the test past its own timeouts.
+        let output = Command::new("timeout")
+            .args([
+                "10",
+                "redis-cli",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.addr.port().to_string(),
+            ])
             .args(args)
             .output()
             .expect("redis-cli is installed");

@@ -55,8 +55,9 @@ impl Drop for Member {
 }
 
 fn cli(port: u16, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    // Bounded, as in `RedisServer::cli`: a frozen server must not hang the test.
+    let output = Command::new("timeout")
+        .args(["10", "redis-cli", "-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .output()
         .expect("redis-cli is installed");
