@@ -24,7 +24,7 @@ use crate::stream::{ReplayBuffer, StreamName, StreamPattern};
 /// What an event costs against `max_history_bytes` besides its encoded bytes: the
 /// frame (with its `Arc`), its place in its stream's buffer and in the node's id
 /// order (checked by a test against the sizes of those types).
-pub const EVENT_OVERHEAD_BYTES: usize = 160;
+pub const EVENT_OVERHEAD_BYTES: usize = 176;
 
 /// The bounds on held history.
 #[derive(Debug, Clone, Copy)]

@@ -19,7 +19,7 @@ pub struct StreamsConfig {
     /// How often expired events are evicted and idle streams reclaimed.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
-    /// History the node holds in all (encoded events plus 160 bytes each); over it,
+    /// History the node holds in all (encoded events plus 176 bytes each); over it,
     /// the deployment's oldest events are evicted first (memory and disk).
     pub max_history_bytes: usize,
 }
