@@ -21,7 +21,60 @@ pub enum BodyError {
     StreamName(#[from] InvalidStreamName),
     #[error("invalid event type: {0}")]
     EventType(#[from] InvalidEventType),
+    /// What is wrong with one element of a batch.
+    #[error("batch element {index}: {error}")]
+    Element { index: usize, error: Box<Self> },
+    /// A body in a media type publish bodies do not come in; the text says which
+    /// header to send.
+    #[error("{0}")]
+    MediaType(String),
 }
+
+impl BodyError {
+    /// The error itself, without the batch element it was found in.
+    pub fn innermost(&self) -> &Self {
+        match self {
+            Self::Element { error, .. } => error.innermost(),
+            other => other,
+        }
+    }
+}
+
+/// Where in a request an event is, for messages: ` (batch element N)` when the
+/// request held several events, nothing otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At(pub Option<usize>);
+
+impl At {
+    /// Element `index` of a request of `count` events.
+    pub fn element(index: usize, count: usize) -> Self {
+        Self((count > 1).then_some(index))
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(index) => write!(f, " (batch element {index})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether a `Content-Type` value names JSON (`application/json` or `…+json`).
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// A hint for a body that looks like JSON but was not sent as JSON.
+const JSON_HEADER_HINT: &str = "send JSON bodies with the header Content-Type: application/json \
+     (curl: -H 'Content-Type: application/json')";
 
 /// A validated publish request.
 #[derive(Debug)]
@@ -42,15 +95,41 @@ struct JsonEvent<'a> {
 }
 
 /// Parses and validates a whole body: form-encoded when `content_type` says so,
-/// JSON otherwise.
+/// JSON when it names JSON or is missing; any other media type is refused.
 ///
 /// # Errors
-/// [`BodyError`] for malformed bodies, names or types.
+/// [`BodyError`] for malformed bodies, names or types; [`BodyError::MediaType`]
+/// for a body in another media type (with a hint when it looks like JSON).
 pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<PublishBody, BodyError> {
-    let is_form = content_type
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
-    if is_form { parse_form(body) } else { parse_json(body) }
+    let Some(content_type) = content_type else {
+        return parse_json(body);
+    };
+    let mime = content_type.split(';').next().unwrap_or_default().trim();
+    if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return parse_form(body).map_err(|error| match error {
+            BodyError::Invalid(text) if looks_like_json(body) => BodyError::Invalid(format!(
+                "{text}: the body looks like JSON sent as a form; {JSON_HEADER_HINT}"
+            )),
+            other => other,
+        });
+    }
+    if is_json_media_type(content_type) {
+        return parse_json(body);
+    }
+    let what = if looks_like_json(body) {
+        format!("the body looks like JSON but Content-Type is `{mime}`; {JSON_HEADER_HINT}")
+    } else {
+        format!(
+            "Content-Type `{mime}` is not accepted: publish JSON (application/json) or a form \
+             (application/x-www-form-urlencoded)"
+        )
+    };
+    Err(BodyError::MediaType(what))
+}
+
+/// Whether `body` starts like a JSON object or array.
+fn looks_like_json(body: &[u8]) -> bool {
+    matches!(body.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['))
 }
 
 /// Parses a JSON publish body (one event or a batch).
@@ -60,26 +139,40 @@ pub fn parse_body(content_type: Option<&str>, body: &[u8]) -> Result<PublishBody
 pub fn parse_json(body: &[u8]) -> Result<PublishBody, BodyError> {
     let invalid = |error: serde_json::Error| BodyError::Invalid(format!("invalid JSON body: {error}"));
     let is_batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
-    let raw: Vec<JsonEvent<'_>> = if is_batch {
-        serde_json::from_slice(body).map_err(invalid)?
-    } else {
-        vec![serde_json::from_slice(body).map_err(invalid)?]
-    };
-    let events = raw
-        .into_iter()
-        .map(|event| {
-            let raw = event.data.get();
-            let (data, kind) = if raw.starts_with('"') {
-                let text = serde_json::from_str::<String>(raw)
-                    .map_err(|error| BodyError::Invalid(format!("`data` is not a valid JSON string: {error}")))?;
-                (text, DataKind::Text)
-            } else {
-                (compact_json(raw), DataKind::Json)
-            };
-            new_event(&event.stream, event.event.as_deref(), data, kind)
+    if !is_batch {
+        let event: JsonEvent<'_> = serde_json::from_slice(body).map_err(invalid)?;
+        return Ok(PublishBody {
+            events: vec![json_event(&event)?],
+            is_batch,
+        });
+    }
+    let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(invalid)?;
+    let events = elements
+        .iter()
+        .enumerate()
+        .map(|(index, element)| {
+            serde_json::from_str::<JsonEvent<'_>>(element.get())
+                .map_err(|error| BodyError::Invalid(format!("invalid event: {error}")))
+                .and_then(|event| json_event(&event))
+                .map_err(|error| BodyError::Element {
+                    index,
+                    error: Box::new(error),
+                })
         })
         .collect::<Result<_, _>>()?;
     Ok(PublishBody { events, is_batch })
+}
+
+fn json_event(event: &JsonEvent<'_>) -> Result<NewEvent, BodyError> {
+    let raw = event.data.get();
+    let (data, kind) = if raw.starts_with('"') {
+        let text = serde_json::from_str::<String>(raw)
+            .map_err(|error| BodyError::Invalid(format!("`data` is not a valid JSON string: {error}")))?;
+        (text, DataKind::Text)
+    } else {
+        (compact_json(raw), DataKind::Json)
+    };
+    new_event(&event.stream, event.event.as_deref(), data, kind)
 }
 
 fn parse_form(body: &[u8]) -> Result<PublishBody, BodyError> {
@@ -183,6 +276,30 @@ mod tests {
         assert_eq!(parsed.events[0].data, r#"{"z":[1,2.50],"a":"x y"}"#);
         assert_eq!(parsed.events[0].kind, DataKind::Json);
         assert_eq!(parsed.events[0].event_type.as_ref().unwrap().as_str(), "t");
+    }
+
+    #[test]
+    fn batch_errors_name_the_element() {
+        let error = json(r#"[{"stream":"a","data":1},{"stream":"b c","data":1}]"#).unwrap_err();
+        assert!(matches!(error, BodyError::Element { index: 1, .. }), "{error:?}");
+        assert!(matches!(error.innermost(), BodyError::StreamName(_)));
+        assert!(error.to_string().starts_with("batch element 1: "), "{error}");
+        let error = json(r#"[{"stream":"a","data":1},{"stream":"b"}]"#).unwrap_err();
+        assert!(error.to_string().contains("batch element 1"), "{error}");
+    }
+
+    #[test]
+    fn media_types_other_than_json_and_forms_are_refused_with_a_hint() {
+        let body = br#"{"stream":"a","data":"x"}"#;
+        assert!(parse_body(None, body).is_ok());
+        assert!(parse_body(Some("application/json; charset=utf-8"), body).is_ok());
+        assert!(parse_body(Some("application/cloudevents+json"), body).is_ok());
+        let error = parse_body(Some("text/plain"), body).unwrap_err();
+        assert!(matches!(error, BodyError::MediaType(_)));
+        assert!(error.to_string().contains("Content-Type: application/json"), "{error}");
+        let error = parse_body(Some("application/x-www-form-urlencoded"), body).unwrap_err();
+        assert!(error.to_string().contains("looks like JSON sent as a form"), "{error}");
+        assert!(parse_body(Some("application/octet-stream"), b"abc").is_err());
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum Command {
     /// Run the gateway.
     Serve,
     /// Mint an access token with the configured key (for local use and tests).
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +60,15 @@ pub struct TokenArgs {
     /// PEM private key, required for RS256, ES256 and EdDSA.
     #[arg(long, value_name = "PATH")]
     pub private_key: Option<PathBuf>,
+    /// Key id (`kid` header), for gateways that find keys by id (`auth.jwks_url`).
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// Token id (`jti`), so this one token can be revoked.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Grant `admin` (may call `POST /revocations`).
+    #[arg(long)]
+    pub admin: bool,
 }
 
 fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
@@ -144,6 +153,10 @@ pub fn mint_token(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
             .with_context(|| format!("reading the {alg:?} private key {}", path.display()))?,
         (_, None) => bail!("{alg:?} tokens are signed with a private key: pass --private-key PATH"),
     };
+    let key = match &args.kid {
+        Some(kid) => key.with_kid(kid),
+        None => key,
+    };
     let patterns = |list: &[String]| -> anyhow::Result<Vec<StreamPattern>> {
         list.iter()
             .map(|text| StreamPattern::try_new(text).with_context(|| format!("invalid stream pattern `{text}`")))
@@ -153,7 +166,10 @@ pub fn mint_token(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
     let claims = Claims {
         sub: Some(args.sub.clone()),
         exp: Some(now + args.ttl.as_secs()),
+        iat: Some(now),
+        jti: args.jti.clone(),
         nbf: None,
+        admin: args.admin,
         iss: args.iss.clone().or_else(|| config.auth.issuer.clone()),
         aud: if args.aud.is_empty() {
             config.auth.audience.clone()

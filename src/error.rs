@@ -51,8 +51,14 @@ pub enum ApiError {
     Publish(#[from] PublishError),
     #[error("{}", subscribe_message(.0))]
     Subscribe(#[from] SubscribeError),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{}", revoke_message(.0))]
+    Revoke(BrokerError),
     #[error("not found")]
     NotFound,
+    #[error("this method is not allowed here")]
+    MethodNotAllowed,
 }
 
 impl ApiError {
@@ -61,12 +67,18 @@ impl ApiError {
         match self {
             Self::Auth(error) => error.reason(),
             Self::NoStream => "no_stream",
-            Self::InvalidStreamName(_) | Self::InvalidPattern(_) | Self::Body(BodyError::StreamName(_)) => {
-                "invalid_stream_name"
-            }
-            Self::Body(BodyError::EventType(_)) => "invalid_event_type",
+            Self::InvalidStreamName(_) | Self::InvalidPattern(_) => "invalid_stream_name",
+            Self::Body(error) => match error.innermost() {
+                BodyError::StreamName(_) => "invalid_stream_name",
+                BodyError::EventType(_) => "invalid_event_type",
+                BodyError::MediaType(_) => "unsupported_media_type",
+                BodyError::Invalid(_) | BodyError::Element { .. } => "invalid_request",
+            },
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Revoke(error) => error.reason(),
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::TooManyStreams { .. } => "too_many_streams",
-            Self::InvalidRequest(_) | Self::Body(BodyError::Invalid(_)) => "invalid_request",
+            Self::InvalidRequest(_) => "invalid_request",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::RequestTimeout => "request_timeout",
             Self::Draining => "draining",
@@ -79,14 +91,20 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Auth(AuthError::StreamNotPermitted) => StatusCode::FORBIDDEN,
+            Self::Auth(AuthError::StreamNotPermitted | AuthError::NotAdmin) => StatusCode::FORBIDDEN,
             Self::Auth(_) => StatusCode::UNAUTHORIZED,
             Self::NoStream
             | Self::InvalidStreamName(_)
             | Self::InvalidPattern(_)
             | Self::TooManyStreams { .. }
-            | Self::InvalidRequest(_)
-            | Self::Body(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Body(error) => match error.innermost() {
+                BodyError::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Revoke(error) => broker_status(error),
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -99,7 +117,9 @@ impl ApiError {
 
     fn broker_error(&self) -> Option<&BrokerError> {
         match self {
-            Self::Publish(PublishError::Broker(error)) | Self::Subscribe(SubscribeError::Broker(error)) => Some(error),
+            Self::Publish(PublishError::Broker(error))
+            | Self::Subscribe(SubscribeError::Broker(error))
+            | Self::Revoke(error) => Some(error),
             _ => None,
         }
     }
@@ -117,7 +137,7 @@ impl ApiError {
 fn publish_status(error: &PublishError) -> StatusCode {
     match error {
         PublishError::Draining => StatusCode::SERVICE_UNAVAILABLE,
-        PublishError::NotPermitted(_) => StatusCode::FORBIDDEN,
+        PublishError::NotPermitted { .. } => StatusCode::FORBIDDEN,
         PublishError::EmptyBatch => StatusCode::BAD_REQUEST,
         PublishError::BatchTooLarge { .. } | PublishError::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         PublishError::Limited(error) => limit_status(*error),
@@ -172,6 +192,15 @@ fn subscribe_message(error: &SubscribeError) -> String {
     }
 }
 
+fn revoke_message(error: &BrokerError) -> &'static str {
+    match error {
+        BrokerError::Timeout(_) => {
+            "the backend did not answer in time; the revocation may or may not be in force: retry"
+        }
+        _ => "the backend cannot store the revocation now; it is not in force: retry",
+    }
+}
+
 /// What a client is told about a backend failure: which limit, or whether the
 /// events were stored, never the internal detail.
 fn broker_message(error: &BrokerError) -> &'static str {
@@ -207,7 +236,7 @@ impl IntoResponse for ApiError {
         if matches!(
             self,
             Self::Auth(_)
-                | Self::Publish(PublishError::NotPermitted(_))
+                | Self::Publish(PublishError::NotPermitted { .. })
                 | Self::Subscribe(SubscribeError::NotPermitted(_))
         ) {
             metrics::counter!(m::AUTH_REJECTIONS, "reason" => reason).increment(1);
@@ -248,4 +277,10 @@ fn www_authenticate(error: AuthError) -> HeaderValue {
 /// `404` for unknown routes, in the same JSON shape.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound
+}
+
+/// `405` for a known route with another method, in the same JSON shape (the router
+/// keeps the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }

@@ -28,9 +28,10 @@
 //! - [`connection`]: a client connection as handlers see it.
 //! - [`shutdown`]: signals, draining flag, stream cancellation.
 //! - [`error`]: `ApiError` → HTTP status and body, the error policy.
-//! - [`auth`]: JWT verification, claims and patterns, token sources, minting, webhook secrets.
-//! - [`node`]: the one publish path and the one subscribe path.
-//! - [`broker`]: the `Broker` trait; `memory` and `redis`.
+//! - [`auth`]: JWT verification (static keys and JWKS), claims, token sources, minting, webhook secrets.
+//! - [`node`]: the one publish path, the one subscribe path, and revocation.
+//! - [`broker`]: the `Broker` trait; `memory`, `disk` and `redis`.
+//! - [`revocation`]: revocations in force and the live streams they end.
 //! - [`history`]: history reads and the gap logic.
 //! - [`stream`]: stream names, replay buffers, the local fan-out registry.
 //! - [`event`]: events, ids and the id-ordering contract.
@@ -39,7 +40,7 @@
 //! - [`idempotency`]: replies remembered by key.
 //! - [`subscription`]: one connection's event stream from first bytes to end.
 //! - [`sse`]: the wire format, encoded once.
-//! - [`api`]: HTTP handlers (subscribe, publish, webhooks, health, metrics, demo page).
+//! - [`api`]: HTTP handlers (subscribe, publish, positions, revocations, webhooks, health, metrics, demo page).
 //! - [`demo`]: the sample publisher behind the demo page.
 //! - [`metrics`]: metric names, recorder, HTTP layer.
 
@@ -58,6 +59,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod revocation;
 pub mod router;
 pub mod server;
 pub mod shutdown;

@@ -46,6 +46,12 @@ pub const DISK_BYTES: &str = "sse_disk_bytes";
 pub const TCP_CONNECTIONS_CLOSED: &str = "sse_tcp_connections_closed_total";
 pub const TCP_CONNECTIONS_OTHER: &str = "sse_tcp_connections_other";
 pub const ACCEPT_ERRORS: &str = "sse_accept_errors_total";
+pub const EXPIRY_WARNINGS: &str = "sse_token_expiry_warnings_total";
+pub const REVOCATIONS: &str = "sse_revocations_total";
+pub const REVOCATIONS_ACTIVE: &str = "sse_revocations_active";
+pub const REVOKED_STREAMS: &str = "sse_revoked_streams_total";
+pub const JWKS_REFRESHES: &str = "sse_jwks_refreshes_total";
+pub const JWKS_KEYS: &str = "sse_jwks_keys";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
@@ -62,7 +68,13 @@ pub const TCP_CLOSE_REASONS: &[&str] = &[
 pub const PUBLISH_SOURCES: &[&str] = &["http", "webhook", "demo"];
 
 /// Every `reason` label of [`DISCONNECTS`].
-pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "shutdown"];
+pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "revoked", "shutdown"];
+
+/// Every `trigger` label of [`JWKS_REFRESHES`].
+pub const JWKS_TRIGGERS: &[&str] = &["startup", "periodic", "unknown_kid"];
+
+/// Every `result` label of [`JWKS_REFRESHES`].
+pub const JWKS_RESULTS: &[&str] = &["ok", "failed"];
 
 /// Latency buckets from 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -194,6 +206,22 @@ fn describe_all() {
         ACCEPT_ERRORS,
         "Failed accepts (e.g. out of file descriptors), each followed by a pause."
     );
+    describe_counter!(
+        EXPIRY_WARNINGS,
+        "token-expiring events sent to live streams (auth.expiry_warning)."
+    );
+    describe_counter!(
+        REVOCATIONS,
+        "Revocations put in force, by kind (subject, token) and origin (api: made on this node; peer: \
+         from another node; store: loaded from the backend)."
+    );
+    describe_gauge!(REVOCATIONS_ACTIVE, "Revocations in force on this node.");
+    describe_counter!(REVOKED_STREAMS, "Live event streams ended by a revocation.");
+    describe_counter!(
+        JWKS_REFRESHES,
+        "Fetches of auth.jwks_url, by trigger (startup, periodic, unknown_kid) and result (ok, failed)."
+    );
+    describe_gauge!(JWKS_KEYS, "Keys in the JWKS in use (the last good set).");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -233,6 +261,20 @@ fn register_at_zero() {
         metrics::counter!(TCP_CONNECTIONS_CLOSED, "reason" => *reason).increment(0);
     }
     metrics::counter!(ACCEPT_ERRORS).increment(0);
+    metrics::counter!(EXPIRY_WARNINGS).increment(0);
+    metrics::counter!(REVOKED_STREAMS).increment(0);
+    for kind in ["subject", "token"] {
+        for origin in ["api", "peer", "store"] {
+            metrics::counter!(REVOCATIONS, "kind" => kind, "origin" => origin).increment(0);
+        }
+    }
+    metrics::gauge!(REVOCATIONS_ACTIVE).increment(0.0);
+    for trigger in JWKS_TRIGGERS {
+        for result in JWKS_RESULTS {
+            metrics::counter!(JWKS_REFRESHES, "trigger" => *trigger, "result" => *result).increment(0);
+        }
+    }
+    metrics::gauge!(JWKS_KEYS).increment(0.0);
     for reason in ["count", "age", "bytes"] {
         metrics::counter!(HISTORY_EVICTIONS, "reason" => reason).increment(0);
     }

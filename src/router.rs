@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::api::{self, demo, health, publish, streams, subscribe, webhook};
+use crate::api::{self, demo, health, publish, revocations, streams, subscribe, webhook};
 use crate::auth::extract::redacted_query;
 use crate::config::Config;
 use crate::error;
@@ -21,13 +21,15 @@ pub fn router(state: AppState) -> Router {
             get(subscribe::open_subscription).post(publish::publish_events),
         )
         .route("/streams/{name}", get(streams::stream_position))
+        .route("/revocations", post(revocations::revoke))
         .route("/webhooks/{stream}", post(webhook::receive_webhook))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if state.config.demo.enabled {
         router = router
             .route("/", get(demo::demo_page))
-            .route("/demo", get(demo::demo_page));
+            .route("/demo", get(demo::demo_page))
+            .route("/demo/token", get(demo::demo_token));
     }
     if state.config.metrics.enabled && state.config.metrics.addr.is_none() {
         router = router.route("/metrics", get(api::metrics::render_metrics));
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config);
     let router = router
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(api::require_one_host))
         .layer(axum::middleware::from_fn(metrics::track_http))
         // A bug must cost one request a 500, never the connection or the process.

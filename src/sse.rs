@@ -52,6 +52,12 @@ pub fn encode_retry(retry: Duration) -> Bytes {
     Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
 }
 
+/// The token-expiry warning: `event: token-expiring` with `{"exp":EXP}` and no
+/// `id:` line, so it does not move the client's resume point.
+pub fn encode_expiry_warning(exp: u64) -> Bytes {
+    Bytes::from(format!("event: token-expiring\ndata: {{\"exp\":{exp}}}\n\n"))
+}
+
 /// A gap notice: an event of type `gap` whose data is JSON naming the subscribed
 /// streams and patterns (as subscribed) whose replay could not be proven complete. Its `id` is one the client already holds
 /// (the id it resumed from, or the last one delivered before a live gap): a
@@ -272,6 +278,16 @@ mod tests {
         assert_eq!(events[0].data, "");
         let (events, _) = parse(text(&encode_event(EventId::from_u64(1), None, "  two spaces\n")));
         assert_eq!(events[0].data, "  two spaces\n");
+    }
+
+    #[test]
+    fn the_expiry_warning_is_a_typed_event_without_an_id() {
+        let bytes = encode_expiry_warning(1_767_225_600);
+        assert!(!text(&bytes).contains("id:"));
+        let (events, _) = parse(text(&bytes));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, "token-expiring");
+        assert_eq!(events[0].data, r#"{"exp":1767225600}"#);
     }
 
     #[test]

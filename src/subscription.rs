@@ -4,8 +4,10 @@
 //! the preamble (`retry:` and a comment) with the gap notice if any, then the replay
 //! in id order, then live frames, heartbeat comments in between. At the seam, live
 //! frames not newer than [`Replay::seam`] are dropped: the client has them. The
-//! stream ends on client disconnect, queue overflow, token expiry or shutdown; the
-//! attachment then detaches from every stream.
+//! stream ends on client disconnect, queue overflow, token expiry, revocation or
+//! shutdown; the attachment then detaches from every stream. Before the token
+//! expires it sends one `token-expiring` event (no `id:`), at connect when the
+//! token is already that close to its end.
 //!
 //! Frames are the once-encoded `Bytes` shared by all subscribers. When a subscriber
 //! is behind, pending frames are coalesced into one write of up to [`MAX_CHUNK_BYTES`].
@@ -24,11 +26,17 @@ use crate::event::{EventId, Frame};
 use crate::history::Replay;
 use crate::limits::Slots;
 use crate::metrics as m;
+use crate::revocation::Watch;
 use crate::sse;
 use crate::stream::{Attachment, QueueReceiver};
 
 /// Largest single write assembled from pending frames.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The reconnection delay sent as the last line of a revoked stream: the token is
+/// refused for `auth.revocation_ttl` anyway, so a browser should not come back with
+/// it soon (an `EventSource` that does is refused with 401 and stops for good).
+pub const REVOKED_RETRY: Duration = Duration::from_secs(3600);
 
 /// Timing of an event stream.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +58,10 @@ pub struct Parts {
     pub envelope: bool,
     /// When the token stops being valid; `None` keeps the stream open.
     pub close_at: Option<SystemTime>,
+    /// When to send the expiry warning, and the token's `exp` it names.
+    pub expiry_warning: Option<(SystemTime, u64)>,
+    /// Ends the stream when the token is revoked.
+    pub revoked: Option<Watch>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
     pub timing: StreamTiming,
@@ -62,6 +74,7 @@ enum EndReason {
     Shutdown,
     SlowConsumer,
     TokenExpired,
+    Revoked,
     ClientClosed,
 }
 
@@ -71,6 +84,7 @@ impl EndReason {
             Self::Shutdown => "shutdown",
             Self::SlowConsumer => "slow_consumer",
             Self::TokenExpired => "token_expired",
+            Self::Revoked => "revoked",
             Self::ClientClosed => "client_closed",
         }
     }
@@ -90,6 +104,9 @@ pub struct Subscription {
     envelope: bool,
     heartbeat: Interval,
     expiry: Option<Pin<Box<Sleep>>>,
+    /// Until the expiry warning, and the `exp` it names.
+    warning: Option<(Pin<Box<Sleep>>, u64)>,
+    revoked: Option<Watch>,
     shutdown: CancellationToken,
     ended: Option<EndReason>,
     delivered: metrics::Counter,
@@ -116,6 +133,8 @@ impl Subscription {
             replay,
             envelope,
             close_at,
+            expiry_warning,
+            revoked,
             shutdown,
             timing,
             slots,
@@ -125,6 +144,15 @@ impl Subscription {
             opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps, replay.resumed_from));
             metrics::counter!(m::GAP_NOTICES).increment(1);
         }
+        let warning = match expiry_warning {
+            Some((at, exp)) if at <= SystemTime::now() => {
+                opening.extend_from_slice(&sse::encode_expiry_warning(exp));
+                metrics::counter!(m::EXPIRY_WARNINGS).increment(1);
+                None
+            }
+            Some((at, exp)) => Some((sleep_until_system_time(at), exp)),
+            None => None,
+        };
         let replayed_through = replay.seam();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -138,6 +166,8 @@ impl Subscription {
             envelope,
             heartbeat,
             expiry: close_at.map(sleep_until_system_time),
+            warning,
+            revoked,
             shutdown,
             ended: None,
             delivered: metrics::counter!(m::EVENTS_DELIVERED),
@@ -173,7 +203,13 @@ impl Subscription {
                 biased;
                 () = self.shutdown.cancelled() => return self.end(EndReason::Shutdown),
                 () = self.attachment.queue().overflowed().cancelled() => return self.end(EndReason::SlowConsumer),
+                () = until_revoked(self.revoked.as_ref()) => return self.end(EndReason::Revoked),
                 () = until_expiry(&mut self.expiry) => return self.end(EndReason::TokenExpired),
+                exp = until_warning(&mut self.warning) => {
+                    self.warning = None;
+                    metrics::counter!(m::EXPIRY_WARNINGS).increment(1);
+                    return Some(sse::encode_expiry_warning(exp));
+                }
                 frame = self.receiver.recv() => {
                     // `None` only after every stream dropped this queue, i.e. overflow.
                     let Some(frame) = frame else { return self.end(EndReason::SlowConsumer) };
@@ -249,6 +285,10 @@ impl Subscription {
                 let extra = rand::Rng::random_range(&mut rand::rng(), 0..=jitter_ms);
                 Some(sse::encode_retry(self.timing.retry + Duration::from_millis(extra)))
             }
+            EndReason::Revoked => {
+                metrics::counter!(m::REVOKED_STREAMS).increment(1);
+                Some(sse::encode_retry(REVOKED_RETRY))
+            }
             EndReason::SlowConsumer | EndReason::ClientClosed => None,
         }
     }
@@ -306,6 +346,23 @@ fn sleep_until_system_time(at: SystemTime) -> Pin<Box<Sleep>> {
     Box::pin(tokio::time::sleep(remaining))
 }
 
+async fn until_warning(warning: &mut Option<(Pin<Box<Sleep>>, u64)>) -> u64 {
+    match warning {
+        Some((sleep, exp)) => {
+            sleep.as_mut().await;
+            *exp
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn until_revoked(watch: Option<&Watch>) {
+    match watch {
+        Some(watch) => watch.ended().cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn until_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
     match expiry {
         Some(sleep) => sleep.as_mut().await,
@@ -351,6 +408,7 @@ mod tests {
                 resume: Some(Resume::After(ids[0])),
                 latest: false,
                 envelope: false,
+                token: None,
                 close_at: None,
                 close_connection: CancellationToken::new(),
             })

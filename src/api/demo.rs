@@ -2,9 +2,13 @@
 //! It is served with a short-lived, subscribe-only token for `demo.*` when the
 //! gateway has an HS256 secret to sign it with; otherwise the visitor pastes one.
 //! The page subscribes to `demo.*` with envelopes, so each event says its stream.
+//! When the stream warns that the token expires (`token-expiring`), the page
+//! fetches a fresh one from `GET /demo/token` and switches streams without losing
+//! or repeating an event: the pattern the README shows for any page.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
@@ -18,24 +22,38 @@ use crate::stream::StreamPattern;
 
 const PAGE: &str = include_str!("../../assets/demo.html");
 const CONFIG_PLACEHOLDER: &str = "/*SSE_DEMO_CONFIG*/null";
-const DEMO_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// A fresh subscribe-only demo token, when the gateway can sign one.
+fn demo_token_for(state: &AppState) -> Option<String> {
+    let key = state.demo_signer.as_deref()?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    let ttl: Duration = state.config.demo.token_ttl;
+    let claims = Claims {
+        sub: Some(DEMO_SUBJECT.to_owned()),
+        exp: Some(now + ttl.as_secs().max(1)),
+        iat: Some(now),
+        // Only demo streams; every visitor shares this token, so the node keeps
+        // its subject to `demo.max_connections` and a few streams.
+        subscribe: StreamPattern::try_new(DEMO_PATTERN).into_iter().collect(),
+        iss: state.config.auth.issuer.clone(),
+        aud: state.config.auth.audience.clone(),
+        ..Claims::default()
+    };
+    mint(&claims, key).ok()
+}
+
+/// `GET /demo/token`: `{"token": "…"}` (empty when the gateway cannot sign one).
+pub async fn demo_token(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CACHE_CONTROL, "no-store")],
+        Json(json!({ "token": demo_token_for(&state).unwrap_or_default() })),
+    )
+}
 
 pub async fn demo_page(State(state): State<AppState>) -> impl IntoResponse {
-    let token = state.demo_signer.as_deref().and_then(|key| {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-        let claims = Claims {
-            sub: Some(DEMO_SUBJECT.to_owned()),
-            exp: Some(now + DEMO_TOKEN_TTL.as_secs()),
-            // Only demo streams; every visitor shares this token, so the node keeps
-            // its subject to `demo.max_connections` and a few streams.
-            subscribe: StreamPattern::try_new(DEMO_PATTERN).into_iter().collect(),
-            iss: state.config.auth.issuer.clone(),
-            aud: state.config.auth.audience.clone(),
-            ..Claims::default()
-        };
-        mint(&claims, key).ok()
-    });
+    let token = demo_token_for(&state);
     let config = json!({
+        "tokenUrl": if token.is_some() { "/demo/token" } else { "" },
         "token": token.unwrap_or_default(),
         "streams": [DEMO_PATTERN],
         "envelope": true,

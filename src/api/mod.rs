@@ -4,6 +4,7 @@ pub mod demo;
 pub mod health;
 pub mod metrics;
 pub mod publish;
+pub mod revocations;
 pub mod streams;
 pub mod subscribe;
 pub mod webhook;
@@ -19,8 +20,8 @@ use axum::response::{IntoResponse as _, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
 
-use crate::auth::Verified;
 use crate::auth::extract::{TokenSources, find_token};
+use crate::auth::{AuthError, Verified};
 use crate::error::ApiError;
 use crate::limits::{BodyBudget, BodyPermit};
 use crate::state::AppState;
@@ -35,15 +36,19 @@ pub async fn require_one_host(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Finds and verifies the request's token.
-fn authenticate(
+/// Finds and verifies the request's token, and refuses it when revoked.
+async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     query: Option<&str>,
     sources: TokenSources<'_>,
 ) -> Result<Verified, ApiError> {
     let token = find_token(headers, query, sources)?;
-    Ok(state.verifier.verify(&token)?)
+    let verified = state.verifier.verify_fetching(&token).await?;
+    if state.node.revocations().refuses(&verified.claims) {
+        return Err(AuthError::TokenRevoked.into());
+    }
+    Ok(verified)
 }
 
 /// A request body read in full, holding its share of the body budget until dropped.

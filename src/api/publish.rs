@@ -40,7 +40,7 @@ async fn publish(state: &AppState, headers: &HeaderMap, query: Option<&str>, bod
     if state.node.is_draining() {
         return Err(ApiError::Draining);
     }
-    let verified = authenticate(state, headers, query, TokenSources { cookie_name: None })?;
+    let verified = authenticate(state, headers, query, TokenSources { cookie_name: None }).await?;
     let limits = &state.config.limits;
     let timeout = state.config.server.request_timeout;
     let body = read_body(body, limits.max_body_bytes, timeout, &state.publish_bodies).await?;

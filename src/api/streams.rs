@@ -26,7 +26,7 @@ pub async fn stream_position(
     let sources = TokenSources {
         cookie_name: Some(&state.config.auth.cookie_name),
     };
-    let verified = authenticate(&state, &headers, query.as_deref(), sources)?;
+    let verified = authenticate(&state, &headers, query.as_deref(), sources).await?;
     let stream = StreamName::try_new(&name)?;
     let position = state.node.position(&verified.claims.subscribe, &stream).await?;
     Ok(Json(json!({

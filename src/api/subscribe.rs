@@ -52,7 +52,7 @@ async fn open(
     let sources = TokenSources {
         cookie_name: Some(&state.config.auth.cookie_name),
     };
-    let verified = authenticate(state, headers, query, sources)?;
+    let verified = authenticate(state, headers, query, sources).await?;
     let params = SubscribeParams::parse(query, state.config.limits.max_streams_per_connection)?;
     let close_at = verified
         .expires_at
@@ -65,6 +65,7 @@ async fn open(
         resume: header_resume(headers).or(params.resume),
         latest: params.latest,
         envelope: params.envelope,
+        token: Some(&verified.claims),
         close_at,
         close_connection: client.close_token().clone(),
     };

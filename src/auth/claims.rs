@@ -18,6 +18,13 @@ pub struct Claims {
     /// Not before, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "numeric_date")]
     pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch: a revocation of the subject refuses
+    /// tokens issued up to the second it was made (all of them without `iat`).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "numeric_date")]
+    pub iat: Option<u64>,
+    /// Token id: `POST /revocations {"jti"}` revokes this one token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
@@ -28,6 +35,9 @@ pub struct Claims {
     /// Streams the holder may publish to.
     #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
     pub publish: Vec<StreamPattern>,
+    /// May revoke tokens (`POST /revocations`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 impl Claims {

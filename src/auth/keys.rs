@@ -1,16 +1,20 @@
 //! Verification keys per algorithm, built from `[auth]`, and token verification.
 //!
-//! One key per enabled algorithm; a token is checked only with the key of the
-//! algorithm its header names, and only when that algorithm is enabled (so an RS256
-//! public key can never be used as an HS256 secret, and `none` never verifies).
+//! A static key per enabled algorithm (PEM files, the HS256 secret) and, with
+//! `auth.jwks_url`, the keys of a JWKS by `kid` ([`Jwks`]). A token is checked only
+//! with a key of the algorithm its header names, and only when that algorithm is
+//! enabled (so an RS256 public key can never be used as an HS256 secret, a JWKS
+//! never supplies HS256 keys, and `none` never verifies).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{DecodingKey, Validation};
 
+use super::jwks::Jwks;
 use super::{AuthError, Claims};
 use crate::config::{Algorithm, AuthConfig, Secret};
 
@@ -53,7 +57,11 @@ pub struct Verified {
 
 /// Checks signatures and registered claims as `[auth]` says.
 pub struct Verifier {
-    keys: Vec<(jsonwebtoken::Algorithm, DecodingKey, Option<String>)>,
+    /// Enabled algorithms.
+    algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Static keys: algorithm, key, the `kid` it answers to (if configured).
+    keys: Vec<(jsonwebtoken::Algorithm, Arc<DecodingKey>, Option<String>)>,
+    jwks: Option<Arc<Jwks>>,
     require_exp: bool,
     validate_nbf: bool,
     issuer: Option<String>,
@@ -63,9 +71,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let algorithms: Vec<_> = self.keys.iter().map(|(alg, _, _)| alg).collect();
         f.debug_struct("Verifier")
-            .field("algorithms", &algorithms)
+            .field("algorithms", &self.algorithms)
+            .field("jwks", &self.jwks.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +85,18 @@ impl Verifier {
     /// [`KeyError`] when a key file is unreadable or not a key of its algorithm.
     pub fn from_config(auth: &AuthConfig) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
+        let jwks = Jwks::from_config(auth);
         for &alg in &auth.algorithms {
+            let pem_file = match alg {
+                Algorithm::HS256 => None,
+                Algorithm::RS256 => auth.rs256_public_key_file.as_ref(),
+                Algorithm::ES256 => auth.es256_public_key_file.as_ref(),
+                Algorithm::EdDSA => auth.eddsa_public_key_file.as_ref(),
+            };
+            if alg != Algorithm::HS256 && pem_file.is_none() && jwks.is_some() {
+                // This algorithm's keys come from the JWKS only.
+                continue;
+            }
             let key = match alg {
                 Algorithm::HS256 => {
                     let secret = hs256_secret(auth)?.ok_or(KeyError::MissingSecret)?;
@@ -108,10 +127,12 @@ impl Verifier {
                     DecodingKey::from_ed_pem,
                 )?,
             };
-            keys.push((alg.to_jwt(), key, auth.key_ids.get(alg).map(str::to_owned)));
+            keys.push((alg.to_jwt(), Arc::new(key), auth.key_ids.get(alg).map(str::to_owned)));
         }
         Ok(Self {
+            algorithms: auth.algorithms.iter().map(|alg| alg.to_jwt()).collect(),
             keys,
+            jwks,
             require_exp: auth.require_exp,
             validate_nbf: auth.validate_nbf,
             issuer: auth.issuer.clone(),
@@ -120,7 +141,30 @@ impl Verifier {
         })
     }
 
-    /// Verifies `token` and returns its claims.
+    /// The JWKS in use, if `auth.jwks_url` is set.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// [`Verifier::verify`], and when the token names a `kid` the JWKS lacks,
+    /// fetches the JWKS again (at most once per cooldown) and tries once more.
+    ///
+    /// # Errors
+    /// As [`Verifier::verify`].
+    pub async fn verify_fetching(&self, token: &str) -> Result<Verified, AuthError> {
+        match self.verify(token) {
+            Err(AuthError::UnknownKey) => {
+                let kid = jsonwebtoken::decode_header(token).ok().and_then(|header| header.kid);
+                match (&self.jwks, kid) {
+                    (Some(jwks), Some(kid)) if jwks.refresh_for_unknown(&kid).await => self.verify(token),
+                    _ => Err(AuthError::UnknownKey),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies `token` with the keys in use and returns its claims.
     ///
     /// # Errors
     /// [`AuthError`] naming why the token is not acceptable.
@@ -134,17 +178,11 @@ impl Verifier {
         if header.crit.is_some() {
             return Err(AuthError::UnsupportedExtension);
         }
-        let (alg, key, key_id) = self
-            .keys
-            .iter()
-            .find(|(alg, _, _)| *alg == header.alg)
-            .ok_or(AuthError::AlgorithmNotAllowed)?;
-        if let Some(key_id) = key_id
-            && header.kid.as_deref() != Some(key_id.as_str())
-        {
-            return Err(AuthError::UnknownKey);
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(*alg))
+        let key = self.key_for(&header)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(|error| map_jwt_error(&error))?;
         self.check_times(&data.claims)?;
         // An `exp` beyond what the clock can represent means "never", not a panic.
@@ -161,6 +199,29 @@ impl Verifier {
             expires_at,
             subject,
         })
+    }
+
+    /// The key for a token with `header` (whose algorithm is enabled): the JWKS key
+    /// its `kid` names, else the algorithm's static key.
+    fn key_for(&self, header: &jsonwebtoken::Header) -> Result<Arc<DecodingKey>, AuthError> {
+        if let (Some(jwks), Some(kid)) = (&self.jwks, &header.kid)
+            && header.alg != jsonwebtoken::Algorithm::HS256
+            && let Some((alg, key)) = jwks.key(kid)
+        {
+            // A key is used only for the algorithm it is for.
+            return if alg == header.alg {
+                Ok(key)
+            } else {
+                Err(AuthError::AlgorithmNotAllowed)
+            };
+        }
+        match self.keys.iter().find(|(alg, _, _)| *alg == header.alg) {
+            Some((_, key, Some(key_id))) if header.kid.as_deref() == Some(key_id.as_str()) => Ok(Arc::clone(key)),
+            Some((_, _, Some(_))) => Err(AuthError::UnknownKey),
+            Some((_, key, None)) => Ok(Arc::clone(key)),
+            // Enabled, keys from the JWKS only, and it has none by this `kid`.
+            None => Err(AuthError::UnknownKey),
+        }
     }
 
     /// `exp` and `nbf`, checked here rather than by `jsonwebtoken` because RFC 7519

@@ -11,6 +11,8 @@ use crate::config::Algorithm;
 pub struct SigningKey {
     alg: Algorithm,
     key: EncodingKey,
+    /// Written as the header's `kid`, when set.
+    kid: Option<String>,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -40,6 +42,7 @@ impl SigningKey {
         Self {
             alg: Algorithm::HS256,
             key: EncodingKey::from_secret(secret.as_ref()),
+            kid: None,
         }
     }
 
@@ -55,7 +58,14 @@ impl SigningKey {
             Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
         }
         .map_err(|_| MintError::InvalidKey(alg))?;
-        Ok(Self { alg, key })
+        Ok(Self { alg, key, kid: None })
+    }
+
+    /// The same key, naming `kid` in the header of the tokens it signs.
+    #[must_use]
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into());
+        self
     }
 
     /// Reads a PEM private key file.
@@ -76,5 +86,7 @@ impl SigningKey {
 /// # Errors
 /// [`MintError::Sign`] if signing fails (a key unfit for its algorithm).
 pub fn mint(claims: &Claims, key: &SigningKey) -> Result<String, MintError> {
-    jsonwebtoken::encode(&Header::new(key.alg.to_jwt()), claims, &key.key).map_err(|_| MintError::Sign)
+    let mut header = Header::new(key.alg.to_jwt());
+    header.kid.clone_from(&key.kid);
+    jsonwebtoken::encode(&header, claims, &key.key).map_err(|_| MintError::Sign)
 }

@@ -1,11 +1,13 @@
 //! Authentication: JWT verification, stream grants, and where tokens come from.
 //!
-//! `keys` turns `[auth]` into a [`Verifier`]; `claims` reads what a token grants;
+//! `keys` turns `[auth]` into a [`Verifier`], with `jwks` keeping keys from a JWKS
+//! fresh; `claims` reads what a token grants;
 //! `extract` finds the token in a request; `mint` signs tokens for the CLI and tests.
 //! Nothing here knows HTTP statuses: [`AuthError`] is mapped in `error.rs`.
 
 pub mod claims;
 pub mod extract;
+pub mod jwks;
 pub mod keys;
 pub mod mint;
 pub mod webhook;
@@ -44,6 +46,10 @@ pub enum AuthError {
     UnsupportedExtension,
     #[error("token does not grant access to this stream")]
     StreamNotPermitted,
+    #[error("token has been revoked")]
+    TokenRevoked,
+    #[error("token lacks the admin claim")]
+    NotAdmin,
     #[error("webhook delivery is older than the hook's max_age (or dated in the future)")]
     StaleDelivery,
 }
@@ -66,6 +72,8 @@ impl AuthError {
             Self::InvalidClaims => "invalid_claims",
             Self::UnsupportedExtension => "unsupported_extension",
             Self::StreamNotPermitted => "stream_not_permitted",
+            Self::TokenRevoked => "token_revoked",
+            Self::NotAdmin => "admin_required",
             Self::StaleDelivery => "stale_delivery",
         }
     }

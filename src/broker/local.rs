@@ -13,19 +13,21 @@
 //! events in id order; reading under it gives a read that is a prefix of that
 //! order. The critical section does no I/O and no allocation per subscriber.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use super::disk::{self, DataDir, Journal, Staged, StagedKey, StoredEvent, StoredKey};
+use super::disk::{self, DataDir, Journal, RevocationStore, Staged, StagedKey, StoredEvent, StoredKey};
 use super::held::{Bounds, Evicted, HeldHistory};
 use super::{Broker, BrokerError, Position, Published};
 use crate::config::Config;
 use crate::event::{EventId, Frame, IdClock, NewEvent, unix_millis};
 use crate::history::HistoryRead;
 use crate::idempotency::{Claim, ClaimGuard, IdempotencyCache, IdempotencyKey};
+use crate::revocation::{Revocation, Revocations, now_ms};
 use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
 /// Idempotency keys a node remembers at once (each about 200 bytes).
@@ -40,6 +42,9 @@ pub struct LocalBroker {
     keys: IdempotencyCache,
     /// Set for the disk kind.
     journal: Option<Journal>,
+    /// Set for the disk kind, with the expiry of each stored revocation (to remove
+    /// the expired ones with the next write).
+    revocation_store: Option<(RevocationStore, Mutex<HashMap<String, u64>>)>,
     sweeper: CancellationToken,
 }
 
@@ -72,7 +77,14 @@ impl LocalBroker {
         let clock = IdClock::start_now();
         let held = HeldHistory::new(bounds(config), clock.start_floor());
         let state = Arc::new(Mutex::new(Local { clock, held }));
-        Self::start_with_state(config, registry, state, IdempotencyCache::new(KEYS_REMEMBERED), None)
+        Self::start_with_state(
+            config,
+            registry,
+            state,
+            IdempotencyCache::new(KEYS_REMEMBERED),
+            None,
+            None,
+        )
     }
 
     /// The disk kind: opens `backend.disk.path`, loads the history back and starts
@@ -80,8 +92,12 @@ impl LocalBroker {
     ///
     /// # Errors
     /// [`BrokerError::Startup`] naming the data directory when it cannot be used.
-    pub fn disk(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<Self>, BrokerError> {
-        Self::disk_with_clock(config, registry, unix_millis)
+    pub fn disk(
+        config: &Config,
+        registry: Arc<StreamRegistry>,
+        revocations: &Revocations,
+    ) -> Result<Arc<Self>, BrokerError> {
+        Self::disk_with_clock(config, registry, revocations, unix_millis)
     }
 
     /// Like [`LocalBroker::disk`], with ids from another time source (tests).
@@ -91,6 +107,7 @@ impl LocalBroker {
     pub fn disk_with_clock(
         config: &Config,
         registry: Arc<StreamRegistry>,
+        revocations: &Revocations,
         now: fn() -> u64,
     ) -> Result<Arc<Self>, BrokerError> {
         let disk_config = &config.backend.disk;
@@ -129,6 +146,13 @@ impl LocalBroker {
             keys.restore(&key, stored.ids);
         })
         .map_err(startup)?;
+        let mut stored_revocations = HashMap::new();
+        dir.for_each_revocation(|revocation| {
+            revocations.receive(&revocation, "store");
+            stored_revocations.insert(revocation.target.key(), revocation.expires_ms);
+        })
+        .map_err(startup)?;
+        let revocation_store = Some((dir.revocation_store(), Mutex::new(stored_revocations)));
         tracing::info!(
             path = %disk_config.path.display(),
             events = loaded,
@@ -139,7 +163,14 @@ impl LocalBroker {
         let state = Arc::new(Mutex::new(Local { clock, held }));
         let apply = apply_committed(Arc::downgrade(&state), Arc::clone(&registry));
         let journal = Journal::start(dir, apply, evicted, floor);
-        Ok(Self::start_with_state(config, registry, state, keys, Some(journal)))
+        Ok(Self::start_with_state(
+            config,
+            registry,
+            state,
+            keys,
+            Some(journal),
+            revocation_store,
+        ))
     }
 
     fn start_with_state(
@@ -148,12 +179,14 @@ impl LocalBroker {
         state: Arc<Mutex<Local>>,
         keys: IdempotencyCache,
         journal: Option<Journal>,
+        revocation_store: Option<(RevocationStore, Mutex<HashMap<String, u64>>)>,
     ) -> Arc<Self> {
         let broker = Arc::new(Self {
             state,
             registry,
             keys,
             journal,
+            revocation_store,
             sweeper: CancellationToken::new(),
         });
         tokio::spawn(sweep_periodically(
@@ -322,6 +355,32 @@ impl Broker for LocalBroker {
         }))
     }
 
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), BrokerError> {
+        // Memory: one node, nothing to carry or keep. Disk: kept, synced.
+        let Some((store, stored)) = &self.revocation_store else {
+            return Ok(());
+        };
+        let expired: Vec<String> = {
+            let mut stored = stored.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = now_ms();
+            let expired = stored
+                .iter()
+                .filter(|(_, expires_ms)| **expires_ms <= now)
+                .map(|(key, _)| key.clone())
+                .collect::<Vec<_>>();
+            for key in &expired {
+                stored.remove(key);
+            }
+            stored.insert(revocation.target.key(), revocation.expires_ms);
+            expired
+        };
+        let (store, revocation) = (store.clone(), revocation.clone());
+        tokio::task::spawn_blocking(move || store.put(&revocation, &expired))
+            .await
+            .map_err(|_| BrokerError::Unavailable("the revocation write stopped".to_owned()))?
+            .map_err(|error| BrokerError::Unavailable(error.to_string()))
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
@@ -375,7 +434,7 @@ mod tests {
             fingerprint: crate::idempotency::fingerprint(&[b"body"]),
             ttl: Duration::from_secs(300),
         };
-        let broker = LocalBroker::disk(&config, registry()).unwrap();
+        let broker = LocalBroker::disk(&config, registry(), &Revocations::default()).unwrap();
         let first = ids(broker.publish(vec![event("k")], Some(&key)).await);
         assert_eq!(
             broker.publish(vec![event("k")], Some(&key)).await.unwrap(),
@@ -383,7 +442,7 @@ mod tests {
         );
         broker.close().await;
         drop(broker);
-        let restarted = LocalBroker::disk(&config, registry()).unwrap();
+        let restarted = LocalBroker::disk(&config, registry(), &Revocations::default()).unwrap();
         assert_eq!(
             restarted.publish(vec![event("k")], Some(&key)).await.unwrap(),
             Published::Repeated(first),
@@ -445,11 +504,12 @@ mod tests {
     async fn ids_keep_increasing_after_a_restart_even_when_the_clock_stepped_back() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(|c| c.backend.disk.path = dir.path().join("data"));
-        let broker = LocalBroker::disk(&config, registry()).unwrap();
+        let broker = LocalBroker::disk(&config, registry(), &Revocations::default()).unwrap();
         let before = ids(broker.publish(vec![event("a"), event("b")], None).await);
         broker.close().await;
         drop(broker);
-        let restarted = LocalBroker::disk_with_clock(&config, registry(), ten_days_ago).unwrap();
+        let restarted =
+            LocalBroker::disk_with_clock(&config, registry(), &Revocations::default(), ten_days_ago).unwrap();
         let after = ids(restarted.publish(vec![event("a")], None).await);
         assert!(after[0] > before[1], "{after:?} after {before:?}");
         // And the history from before the restart is still there, complete.

@@ -17,7 +17,13 @@
 //!   newest id issued and what one stream holds. Together with listen-before-read
 //!   this makes the replay/live seam exact: every event is in the read or arrives
 //!   live afterwards (the subscription drops what arrives twice, by id);
-//! - after its live feed was interrupted, catch up through [`history::catch_up`].
+//! - after its live feed was interrupted, catch up through [`history::catch_up`];
+//! - **revoke**: keep a revocation as long as it is in force where the broker keeps
+//!   history (the disk store, Redis) and carry it to every other node, which put it
+//!   in force through the [`Revocations`] they were started with (and on start, the
+//!   ones stored).
+//!
+//! [`Revocations`]: crate::revocation::Revocations
 //!
 //! Kinds: [`LocalBroker`] (`memory`, and `disk` with its journal in [`disk`]) and
 //! [`RedisBroker`]. A new backend is one file implementing [`Broker`] and one arm in
@@ -40,6 +46,7 @@ use crate::config::{BackendKind, Config};
 use crate::event::{EventId, Frame, NewEvent};
 use crate::history::HistoryRead;
 use crate::idempotency::IdempotencyKey;
+use crate::revocation::{Revocation, Revocations};
 use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
 pub use local::LocalBroker;
@@ -145,6 +152,13 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     /// [`BrokerError::Unavailable`] when history cannot be read now.
     async fn position(&self, stream: &StreamName) -> Result<Position, BrokerError>;
 
+    /// Keeps `revocation` until it expires (the memory broker: nowhere) and carries
+    /// it to every other node of the deployment, which put it in force.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when it could not be stored or sent.
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), BrokerError>;
+
     /// Whether the broker can take publishes now.
     fn is_ready(&self) -> bool;
 
@@ -152,14 +166,19 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
     async fn close(&self);
 }
 
-/// Starts the broker `[backend]` configures, feeding `registry`.
+/// Starts the broker `[backend]` configures, feeding `registry` with events and
+/// `revocations` with what other nodes (or the store) revoked.
 ///
 /// # Errors
 /// [`BrokerError`] when its settings are unusable.
-pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<dyn Broker>, BrokerError> {
+pub fn start(
+    config: &Config,
+    registry: Arc<StreamRegistry>,
+    revocations: Arc<Revocations>,
+) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(match config.backend.kind {
         BackendKind::Memory => LocalBroker::memory(config, registry),
-        BackendKind::Disk => LocalBroker::disk(config, registry)?,
-        BackendKind::Redis => RedisBroker::start(config, registry)?,
+        BackendKind::Disk => LocalBroker::disk(config, registry, &revocations)?,
+        BackendKind::Redis => RedisBroker::start(config, registry, revocations)?,
     })
 }

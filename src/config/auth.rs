@@ -63,6 +63,23 @@ pub struct AuthConfig {
     pub cookie_name: String,
     /// End an event stream when its token expires.
     pub close_on_expiry: bool,
+    /// How long before a live stream's token expires the gateway sends
+    /// `event: token-expiring` (at connect when already that close); 0 turns it off.
+    #[serde(with = "duration")]
+    pub expiry_warning: Duration,
+    /// How long a revocation (`POST /revocations`) refuses its tokens; at least the
+    /// longest token lifetime.
+    #[serde(with = "duration")]
+    pub revocation_ttl: Duration,
+    /// JWKS with the public keys of RS256, ES256 and EdDSA tokens by `kid`:
+    /// `https://…`, `http://…` or `file:///path`.
+    pub jwks_url: Option<String>,
+    /// How often the JWKS is fetched again.
+    #[serde(with = "duration")]
+    pub jwks_refresh: Duration,
+    /// Least time between two fetches caused by tokens naming an unknown `kid`.
+    #[serde(with = "duration")]
+    pub jwks_cooldown: Duration,
 }
 
 impl Default for AuthConfig {
@@ -82,6 +99,11 @@ impl Default for AuthConfig {
             leeway: Duration::ZERO,
             cookie_name: "sse_token".to_owned(),
             close_on_expiry: true,
+            expiry_warning: Duration::from_secs(60),
+            revocation_ttl: Duration::from_secs(24 * 3600),
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            jwks_cooldown: Duration::from_secs(30),
         }
     }
 }

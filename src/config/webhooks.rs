@@ -73,6 +73,10 @@ pub struct DemoConfig {
     pub publish_interval: Duration,
     /// Open event streams allowed to the demo page's token (every visitor shares it).
     pub max_connections: usize,
+    /// Lifetime of the demo page's token; the page fetches a fresh one from
+    /// `/demo/token` when the stream warns that it expires (`auth.expiry_warning`).
+    #[serde(with = "duration")]
+    pub token_ttl: Duration,
 }
 
 impl Default for DemoConfig {
@@ -82,6 +86,7 @@ impl Default for DemoConfig {
             publisher: true,
             publish_interval: Duration::from_secs(1),
             max_connections: 100,
+            token_ttl: Duration::from_secs(3600),
         }
     }
 }

@@ -12,23 +12,31 @@
 //! [`Subscription`] whose seam drops what arrives twice. [`Node::position`] answers
 //! where a stream stands, for snapshot-then-subscribe.
 //!
+//! **Revoke** ([`Node::revoke`]): stores a revocation through the broker (which
+//! carries it to the other nodes) and puts it in force here, ending the live
+//! streams it refuses ([`crate::revocation`]).
+//!
 //! The node holds the registry (local fan-out), the broker, the limiters and the
 //! shutdown state. It knows nothing of HTTP: its errors are typed and mapped to
 //! responses in `error.rs`.
 
 mod publish;
+mod revoke;
 mod subscribe;
 
 pub use publish::{Allowed, Publication, PublishError, Publisher, Source};
+pub use revoke::Revoked;
 pub use subscribe::{SubscribeError, SubscribeRequest};
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::broker::{self, Broker, BrokerError};
 use crate::config::Config;
 use crate::limits::{ConnectionLimiter, Limiter, SubjectLimits};
 use crate::metrics as m;
+use crate::revocation::Revocations;
 use crate::shutdown::Shutdown;
 use crate::stream::StreamRegistry;
 use crate::subscription::StreamTiming;
@@ -40,6 +48,7 @@ pub struct Node {
     registry: Arc<StreamRegistry>,
     limiter: Arc<Limiter>,
     connections: Arc<ConnectionLimiter>,
+    revocations: Arc<Revocations>,
     shutdown: Shutdown,
     settings: Settings,
 }
@@ -51,6 +60,10 @@ struct Settings {
     max_batch_events: usize,
     /// `limits.firehose`: whether `*` may be subscribed to.
     firehose: bool,
+    /// `auth.expiry_warning`; zero turns it off.
+    expiry_warning: Duration,
+    /// `auth.revocation_ttl`.
+    revocation_ttl: Duration,
     timing: StreamTiming,
 }
 
@@ -64,17 +77,21 @@ impl Node {
     pub fn start(config: &Config, subject_limits: HashMap<String, SubjectLimits>) -> Result<Arc<Self>, BrokerError> {
         let limits = &config.limits;
         let registry = Arc::new(StreamRegistry::new(limits.max_streams, limits.subscriber_queue));
-        let broker = broker::start(config, Arc::clone(&registry))?;
+        let revocations = Revocations::new();
+        let broker = broker::start(config, Arc::clone(&registry), Arc::clone(&revocations))?;
         Ok(Arc::new(Self {
             broker,
             registry,
             limiter: Limiter::with_overrides(limits, subject_limits),
             connections: ConnectionLimiter::new(limits.max_connections),
+            revocations,
             shutdown: Shutdown::new(),
             settings: Settings {
                 max_event_bytes: limits.max_event_bytes,
                 max_batch_events: limits.max_batch_events,
                 firehose: limits.firehose,
+                expiry_warning: config.auth.expiry_warning,
+                revocation_ttl: config.auth.revocation_ttl,
                 timing: StreamTiming {
                     heartbeat: config.server.heartbeat_interval,
                     retry: config.server.retry,
@@ -99,10 +116,17 @@ impl Node {
         self.broker.is_ready()
     }
 
-    /// Periodic housekeeping: gauges and the trimming of rate-limit state.
+    /// The revocations in force on this node (checked when a token is presented).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// Periodic housekeeping: gauges, the trimming of rate-limit state and of
+    /// revocations past their time.
     pub fn upkeep(&self) {
         metrics::gauge!(m::STREAMS_SUBSCRIBED).set(self.registry.len() as f64);
         self.limiter.retain_recent();
+        self.revocations.prune();
     }
 
     /// Stops the broker's background work; called once at shutdown.

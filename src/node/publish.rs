@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use super::Node;
+use crate::body::At;
 use crate::broker::{BrokerError, Published};
 use crate::event::{EventId, NewEvent};
 use crate::idempotency::IdempotencyKey;
@@ -79,14 +80,14 @@ pub struct Publication<'a> {
 pub enum PublishError {
     #[error("the node is shutting down")]
     Draining,
-    #[error("the token does not grant publishing to stream `{0}`")]
-    NotPermitted(StreamName),
+    #[error("the token does not grant publishing to stream `{stream}`{at}")]
+    NotPermitted { stream: StreamName, at: At },
     #[error("the batch holds no events")]
     EmptyBatch,
     #[error("a batch holds at most {max} events (limits.max_batch_events)")]
     BatchTooLarge { max: usize },
-    #[error("event data of {bytes} bytes exceeds limits.max_event_bytes ({max})")]
-    EventTooLarge { bytes: usize, max: usize },
+    #[error("event data of {bytes} bytes exceeds limits.max_event_bytes ({max}){at}")]
+    EventTooLarge { bytes: usize, max: usize, at: At },
     #[error(transparent)]
     Limited(#[from] LimitError),
     #[error("a request with this key is still being processed; retry shortly")]
@@ -122,8 +123,15 @@ impl Node {
         if self.is_draining() {
             return Err(PublishError::Draining);
         }
-        if let Some(event) = events.iter().find(|event| !publisher.allowed.covers(&event.stream)) {
-            return Err(PublishError::NotPermitted(event.stream.clone()));
+        if let Some((index, event)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, event)| !publisher.allowed.covers(&event.stream))
+        {
+            return Err(PublishError::NotPermitted {
+                stream: event.stream.clone(),
+                at: At::element(index, events.len()),
+            });
         }
         self.check_sizes(&events)?;
         self.limiter.admit_publish(publisher.subject, events.len())?;
@@ -155,10 +163,15 @@ impl Node {
                 max: settings.max_batch_events,
             });
         }
-        if let Some(event) = events.iter().find(|event| event.data.len() > settings.max_event_bytes) {
+        if let Some((index, event)) = events
+            .iter()
+            .enumerate()
+            .find(|(_, event)| event.data.len() > settings.max_event_bytes)
+        {
             return Err(PublishError::EventTooLarge {
                 bytes: event.data.len(),
                 max: settings.max_event_bytes,
+                at: At::element(index, events.len()),
             });
         }
         Ok(())
@@ -170,7 +183,7 @@ impl PublishError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Draining => "draining",
-            Self::NotPermitted(_) => "stream_not_permitted",
+            Self::NotPermitted { .. } => "stream_not_permitted",
             Self::EmptyBatch => "invalid_request",
             Self::BatchTooLarge { .. } | Self::EventTooLarge { .. } => "payload_too_large",
             Self::Limited(error) => error.reason(),

@@ -10,6 +10,8 @@
 
 use std::time::SystemTime;
 
+use crate::auth::Claims;
+
 use tokio_util::sync::CancellationToken;
 
 use super::Node;
@@ -36,6 +38,9 @@ pub struct SubscribeRequest<'a> {
     pub latest: bool,
     /// `envelope=1`: every event's data wrapped as `{"stream","event","data"}`.
     pub envelope: bool,
+    /// The token's claims: a revocation of its `sub` or `jti` ends the stream, and
+    /// its `exp` is named in the expiry warning. `None` for streams without a token.
+    pub token: Option<&'a Claims>,
     /// When the token stops being valid; `None` keeps the stream open.
     pub close_at: Option<SystemTime>,
     /// Closes the client's connection at once; cancelled when its queue overflows
@@ -109,12 +114,23 @@ impl Node {
             (None, true) => Replay::latest(self.broker.latest(&patterns).await?),
             (None, false) => Replay::default(),
         };
+        let expiry_warning = match (request.close_at, request.token.and_then(|claims| claims.exp)) {
+            (Some(close_at), Some(exp)) if !self.settings.expiry_warning.is_zero() => Some((
+                close_at
+                    .checked_sub(self.settings.expiry_warning)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+                exp,
+            )),
+            _ => None,
+        };
         Ok(Subscription::new(Parts {
             attachment,
             receiver,
             replay,
             envelope: request.envelope,
             close_at: request.close_at,
+            expiry_warning,
+            revoked: request.token.map(|claims| self.revocations.watch(claims)),
             shutdown: self.shutdown.token().clone(),
             timing: self.settings.timing,
             slots: Slots { connection, subject },

@@ -101,6 +101,11 @@ pub async fn run(
     let shutdown = state.node.shutdown().clone();
     let grace = state.config.server.shutdown_grace;
 
+    if let Some(jwks) = state.verifier.jwks() {
+        // The first fetch is awaited (bounded by its timeout), so tokens are
+        // verifiable when the listener serves; a failure is logged and retried.
+        jwks.start(shutdown.token().clone()).await;
+    }
     let upkeep = tokio::spawn(upkeep_periodically(state.clone()));
     if state.config.demo.publisher {
         tokio::spawn(demo::publish_samples(

@@ -207,3 +207,138 @@ async fn a_gap_notice_reaches_the_page() {
         .await;
     browser.screenshot("gap").await;
 }
+
+/// A page on another origin (`http://127.0.0.1:PORT`), served by a tiny server.
+async fn other_origin() -> String {
+    let page = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { axum::response::Html("<!doctype html><title>other origin</title>") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, page).await });
+    origin
+}
+
+/// On the current page: an `EventSource` with credentials to `url`, recording
+/// events and whether the browser gave up.
+const LISTEN_WITH_CREDENTIALS: &str = r#"
+    window.got = []; window.opened = false; window.errors = 0;
+    const source = new EventSource(arguments[0], { withCredentials: true });
+    source.onopen = () => { window.opened = true; };
+    source.onmessage = (e) => window.got.push({ id: e.lastEventId, data: e.data });
+    source.onerror = () => { window.errors += 1; };
+    window.source = source;
+"#;
+
+/// Sets the token cookie for 127.0.0.1 (cookies ignore ports, so the gateway on
+/// another port receives it when the request includes credentials).
+const SET_COOKIE: &str = "document.cookie = 'sse_token=' + arguments[0] + '; path=/'; return document.cookie.length;";
+
+#[tokio::test]
+async fn an_allowed_origin_subscribes_with_the_token_cookie_and_credentials() {
+    let origin = other_origin().await;
+    let mut config = test_config();
+    config.cors.allowed_origins = vec![origin.clone()];
+    config.cors.allow_credentials = true;
+    let server = TestServer::start(config).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{origin}/")).await;
+    let token = server.token(&["crossed"], &[]);
+    browser.eval(SET_COOKIE, vec![json!(token)]).await;
+    browser
+        .eval(
+            LISTEN_WITH_CREDENTIALS,
+            vec![json!(server.url("/events?stream=crossed"))],
+        )
+        .await;
+    browser
+        .wait_for("the stream to open", "window.source.readyState === EventSource.OPEN")
+        .await;
+    let id = server.publish("crossed", None, json!("over the fence")).await;
+    let got = browser
+        .wait_for("the event", "window.got.length >= 1 && window.got")
+        .await;
+    assert_eq!(ids(&got), [id], "the cookie authenticated the cross-origin stream");
+}
+
+#[tokio::test]
+async fn an_origin_that_is_not_listed_gets_nothing_even_with_the_cookie() {
+    let listed = other_origin().await;
+    let unlisted = other_origin().await;
+    let mut config = test_config();
+    config.cors.allowed_origins = vec![listed];
+    config.cors.allow_credentials = true;
+    let server = TestServer::start(config).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("{unlisted}/")).await;
+    browser
+        .eval(SET_COOKIE, vec![json!(server.token(&["crossed"], &[]))])
+        .await;
+    browser
+        .eval(
+            LISTEN_WITH_CREDENTIALS,
+            vec![json!(server.url("/events?stream=crossed"))],
+        )
+        .await;
+    // The gateway answers 200, but without this origin in Access-Control-Allow-Origin
+    // the browser fails the connection: it never opens, and gives up for good.
+    server.publish("crossed", None, json!("not for you")).await;
+    browser
+        .wait_for(
+            "the browser to refuse the stream",
+            "window.errors >= 1 && window.source.readyState === EventSource.CLOSED",
+        )
+        .await;
+    let seen = browser.eval("return [window.opened, window.got];", vec![]).await;
+    assert_eq!(
+        seen,
+        json!([false, []]),
+        "the browser blocks a response without this origin in CORS"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_page_renews_its_token_on_the_warning_without_losing_or_repeating_events() {
+    let mut config = test_config();
+    // The warning arrives about two seconds after each connect.
+    config.demo.token_ttl = Duration::from_secs(8);
+    config.auth.expiry_warning = Duration::from_secs(6);
+    let server = TestServer::start(config).await;
+    let browser = Browser::start().await;
+    browser.goto(&server.url("/demo")).await;
+    browser
+        .wait_for("the page to connect", "window.demoState === 'open'")
+        .await;
+    let mut published = Vec::new();
+    let recorded = "window.demoEvents.filter(e => e.stream === 'demo.tick').map(e => e.id)";
+    let renewals = async {
+        loop {
+            // Bursts of three, so some land while the page switches streams.
+            for n in 0..3 {
+                published.push(server.publish("demo.tick", None, json!({"n": n})).await);
+            }
+            let last = published.last().unwrap().clone();
+            browser
+                .wait_for("the burst on the page", &format!("{recorded}.includes('{last}')"))
+                .await;
+            let renewals = browser.eval("return window.demoTokenRenewals;", vec![]).await;
+            if renewals.as_u64().unwrap() >= 2 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(90), renewals)
+        .await
+        .expect("two token renewals within 90 s");
+    let shown = browser.eval(&format!("return {recorded};"), vec![]).await;
+    let shown: Vec<String> = serde_json::from_value(shown).unwrap();
+    assert_eq!(
+        shown, published,
+        "every event once, in order, across the token switches"
+    );
+    let gaps = browser
+        .eval("return window.demoEvents.filter(e => e.type === 'gap').length;", vec![])
+        .await;
+    assert_eq!(gaps, json!(0));
+}

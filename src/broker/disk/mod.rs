@@ -25,7 +25,7 @@ use crate::event::{EventId, Frame};
 use crate::idempotency::ClaimGuard;
 use crate::stream::StreamName;
 
-pub use store::{DataDir, Opened, StoreError, StoredEvent, StoredKey};
+pub use store::{DataDir, Opened, RevocationStore, StoreError, StoredEvent, StoredKey};
 
 /// Events written in one batch at most.
 pub const MAX_GROUP_EVENTS: usize = 4096;

@@ -7,7 +7,8 @@
 //! DIR/acknowledged       the newest id acknowledged, rewritten about once a second
 //! DIR/store/             fjall: partitions `events` (id -> stream, type, time, data),
 //!                        `known_after` (stream -> id), `meta` (last_id, floor),
-//!                        `keys` (idempotency key -> fingerprint, expiry, ids)
+//!                        `keys` (idempotency key -> fingerprint, expiry, ids),
+//!                        `revocations` (`s:SUB` / `j:JTI` -> revoked and expiry ms)
 //! ```
 //!
 //! fjall (pure Rust, LSM tree with a write-ahead journal) was chosen over redb after
@@ -30,6 +31,7 @@ use crate::broker::held::Evicted;
 use crate::event::{DataKind, EventId, EventType, NewEvent};
 use crate::idempotency::Fingerprint;
 use crate::metrics as m;
+use crate::revocation::Revocation;
 use crate::stream::StreamName;
 
 const MARKER: &str = "sse-gateway.json";
@@ -86,7 +88,45 @@ pub struct DataDir {
     known_after: PartitionHandle,
     meta: PartitionHandle,
     keys: PartitionHandle,
+    revocations: PartitionHandle,
     fsync: bool,
+}
+
+/// Writes revocations into the data directory, beside the journal's writes.
+#[derive(Clone)]
+pub struct RevocationStore {
+    path: PathBuf,
+    keyspace: Keyspace,
+    revocations: PartitionHandle,
+}
+
+impl std::fmt::Debug for RevocationStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RevocationStore {
+    /// Stores `revocation` and removes `expired` ones, then syncs (always: a
+    /// revocation is rare and must not be lost to a crash).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write or the sync failed.
+    pub fn put(&self, revocation: &Revocation, expired: &[String]) -> Result<(), StoreError> {
+        let store_error = |source| StoreError::Store {
+            path: self.path.clone(),
+            source,
+        };
+        let mut batch = self.keyspace.batch();
+        for key in expired {
+            batch.remove(&self.revocations, key.as_str());
+        }
+        batch.insert(&self.revocations, revocation.target.key(), revocation.value());
+        batch.commit().map_err(store_error)?;
+        self.keyspace.persist(PersistMode::SyncAll).map_err(store_error)
+    }
 }
 
 impl std::fmt::Debug for DataDir {
@@ -160,6 +200,7 @@ impl DataDir {
             known_after: open("known_after")?,
             meta: open("meta")?,
             keys: open("keys")?,
+            revocations: open("revocations")?,
             keyspace,
             path: path.to_owned(),
             _lock: lock,
@@ -270,6 +311,32 @@ impl DataDir {
             load(stored);
         }
         Ok(())
+    }
+
+    /// Calls `load` with every stored revocation (expired ones included).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read or holds one it cannot decode.
+    pub fn for_each_revocation(&self, mut load: impl FnMut(Revocation)) -> Result<(), StoreError> {
+        for entry in self.revocations.iter() {
+            let (key, value) = entry.map_err(|error| self.store_error(error))?;
+            let revocation = std::str::from_utf8(&key)
+                .ok()
+                .zip(std::str::from_utf8(&value).ok())
+                .and_then(|(key, value)| Revocation::parse(key, value))
+                .ok_or_else(|| self.invalid("a revocation cannot be decoded".to_owned()))?;
+            load(revocation);
+        }
+        Ok(())
+    }
+
+    /// A handle that stores revocations beside the journal.
+    pub fn revocation_store(&self) -> RevocationStore {
+        RevocationStore {
+            path: self.path.clone(),
+            keyspace: self.keyspace.clone(),
+            revocations: self.revocations.clone(),
+        }
     }
 
     /// Writes `events` (and the idempotency `keys` they answer) and mirrors

@@ -31,6 +31,7 @@ use crate::broker::BrokerError;
 use crate::event::{DataKind, EventId};
 use crate::history;
 use crate::metrics as m;
+use crate::revocation::Revocation;
 use crate::stream::StreamPattern;
 
 /// Requests from the backend to its listener.
@@ -126,7 +127,12 @@ impl Listener {
     }
 
     async fn on_message(&mut self, message: &redis::Msg) {
-        let Some(stream) = self.shared.keys.stream_of_channel(message.get_channel_name()) else {
+        let channel = message.get_channel_name();
+        if channel == self.shared.keys.revocations_channel() {
+            self.on_revocation(message.get_payload_bytes());
+            return;
+        }
+        let Some(stream) = self.shared.keys.stream_of_channel(channel) else {
             return;
         };
         let payload = String::from_utf8_lossy(message.get_payload_bytes());
@@ -156,6 +162,34 @@ impl Listener {
         let frame = encode_frame(id, &stream, event_type, data.to_owned(), kind);
         self.shared.registry.deliver(&stream, &Arc::new(frame));
         self.cursor = Some(id);
+    }
+
+    fn on_revocation(&self, payload: &[u8]) {
+        let parsed = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|text| text.split_once('\n'))
+            .and_then(|(key, value)| Revocation::parse(key, value));
+        match parsed {
+            Some(revocation) => self.shared.revocations.receive(&revocation, "peer"),
+            None => tracing::warn!("malformed revocation message ignored"),
+        }
+    }
+
+    /// Puts every stored revocation in force (after subscribing to the channel, so
+    /// one made meanwhile arrives there).
+    async fn load_revocations(&self) -> Result<(), BrokerError> {
+        let mut connection = self.shared.connections.get()?;
+        let stored: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(self.shared.keys.revoked())
+            .query_async(&mut connection)
+            .await
+            .map_err(|error| Shared::unavailable(&error))?;
+        for (key, value) in stored {
+            if let Some(revocation) = Revocation::parse(&key, &value) {
+                self.shared.revocations.receive(&revocation, "store");
+            }
+        }
+        Ok(())
     }
 
     fn on_link_lost(&mut self) {
@@ -209,16 +243,20 @@ impl Listener {
             .map_err(|error| BrokerError::Unavailable(format!("pub/sub connection: {error}")))?;
         let (mut sink, messages) = pubsub.split();
         let channels: Vec<StreamPattern> = self.channels.iter().cloned().collect();
-        match tokio::time::timeout(
-            settings.response_timeout,
-            subscribe_all(&mut sink, &self.shared.keys, &channels),
-        )
-        .await
-        {
+        let keys = &self.shared.keys;
+        let subscribed = async {
+            sink.subscribe(keys.revocations_channel()).await?;
+            subscribe_all(&mut sink, keys, &channels).await
+        };
+        match tokio::time::timeout(settings.response_timeout, subscribed).await {
             Ok(Ok(())) => {}
             _ => return Err(BrokerError::Unavailable("re-subscribing timed out".to_owned())),
         }
         self.shared.connections.set(connections);
+        if let Err(error) = self.load_revocations().await {
+            self.shared.connections.clear();
+            return Err(error);
+        }
         self.shared.commands_ok.store(true, Ordering::Release);
         self.sink = Some(sink);
         self.messages = Some(messages);

@@ -12,6 +12,10 @@
 //! subscription, `read` is one atomic script over several streams, so
 //! listen-then-read is exact (the node drops seam duplicates).
 //!
+//! Revocations are stored in a hash (with their expiry) and announced on one
+//! channel every listener subscribes; a listener that (re)connects loads the hash
+//! after subscribing, so none is missed across a reconnect.
+//!
 //! Faults: a node publishes and reads only through connections to a master it has
 //! verified ([`link`], [`verify`]); any connection failure drops them, and the
 //! listener finds the master again (directly or through Sentinel) and verifies it.
@@ -40,6 +44,7 @@ use crate::config::{Config, RedisConfig};
 use crate::event::{DataKind, EventId, EventType, Frame, NewEvent};
 use crate::history::HistoryRead;
 use crate::idempotency::IdempotencyKey;
+use crate::revocation::{Revocation, Revocations};
 use crate::stream::{StreamName, StreamPattern, StreamRegistry};
 
 use link::{Connections, Endpoint};
@@ -80,6 +85,15 @@ impl Keys {
     }
     fn names(&self) -> String {
         format!("{}names", self.prefix)
+    }
+    fn revoked(&self) -> String {
+        format!("{}revoked", self.prefix)
+    }
+    fn revoked_expiry(&self) -> String {
+        format!("{}revoked:exp", self.prefix)
+    }
+    fn revocations_channel(&self) -> String {
+        format!("{}revocations", self.prefix)
     }
     fn channel(&self, stream: &StreamName) -> String {
         format!("{}n:{stream}", self.prefix)
@@ -130,6 +144,8 @@ struct Shared {
     keys: Keys,
     connections: Connections,
     registry: Arc<StreamRegistry>,
+    /// Where revocations from other nodes (and the stored ones) are put in force.
+    revocations: Arc<Revocations>,
     settings: Settings,
     /// This node's part of a new epoch's name (a random value per process).
     epoch_seed: String,
@@ -139,6 +155,7 @@ struct Shared {
     position_script: redis::Script,
     reclaim_script: redis::Script,
     verify_script: redis::Script,
+    revoke_script: redis::Script,
     /// Whether the node holds connections to a verified master.
     commands_ok: AtomicBool,
     /// Whether the notification link is subscribed and caught up.
@@ -277,7 +294,11 @@ impl RedisBroker {
     ///
     /// # Errors
     /// [`BrokerError::Startup`] when the URL or a sentinel address cannot be read.
-    pub fn start(config: &Config, registry: Arc<StreamRegistry>) -> Result<Arc<Self>, BrokerError> {
+    pub fn start(
+        config: &Config,
+        registry: Arc<StreamRegistry>,
+        revocations: Arc<Revocations>,
+    ) -> Result<Arc<Self>, BrokerError> {
         let redis = &config.backend.redis;
         if redis.url.expose().starts_with("rediss://") {
             // rustls needs one process-wide crypto provider; a second install is a no-op.
@@ -292,6 +313,7 @@ impl RedisBroker {
             },
             connections: Connections::default(),
             registry,
+            revocations,
             settings: Settings {
                 redis: redis.clone(),
                 buffer_size: config.streams.buffer_size,
@@ -307,6 +329,7 @@ impl RedisBroker {
             position_script: redis::Script::new(&scripts::position()),
             reclaim_script: redis::Script::new(&scripts::reclaim()),
             verify_script: redis::Script::new(&scripts::verify()),
+            revoke_script: redis::Script::new(&scripts::revoke()),
             commands_ok: AtomicBool::new(false),
             notifications_ok: AtomicBool::new(false),
             high_water: AtomicU64::new(0),
@@ -416,6 +439,29 @@ impl Broker for RedisBroker {
         let mut invocation = shared.read_invocation(&shared.position_script, false);
         invocation.arg(stream.as_str());
         reply::position(&shared.run_read(&invocation).await?)
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        if !shared.commands_ok.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable(
+                "not connected to a verified Redis master".to_owned(),
+            ));
+        }
+        let mut connection = shared.connections.get()?;
+        let mut invocation = shared.revoke_script.prepare_invoke();
+        invocation
+            .key(shared.keys.revoked())
+            .key(shared.keys.revoked_expiry())
+            .arg(shared.keys.revocations_channel())
+            .arg(revocation.target.key())
+            .arg(revocation.value())
+            .arg(revocation.expires_ms);
+        let _: i64 = invocation.invoke_async(&mut connection).await.map_err(|error| {
+            shared.connection_failed(&error);
+            publish_error(&error)
+        })?;
+        shared.wait_for_replicas(&mut connection).await
     }
 
     fn is_ready(&self) -> bool {

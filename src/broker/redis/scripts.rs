@@ -16,6 +16,9 @@
 //! - `P` `idle`: sorted set of stream names by last publish, for reclamation;
 //! - `P` `trimmed`: hash of stream name → newest id removed from its history;
 //! - `P` `k:KEY`: an idempotency key: `fingerprint:id,id,…`, expiring with its window;
+//! - `P` `revoked`: hash of revocations in force, `s:SUB` / `j:JTI` → `revoked_ms
+//!   expires_ms`, with `P` `revoked:exp` (sorted set by expiry) to drop them in time;
+//! - channel `P` `revocations`: one message per revocation, `key \n value`;
 //! - channel `P` `n:NAME`: one notification per event, `epoch \n id \n type \n kind
 //!   \n data` with kind `t` (text) or `j` (JSON); the epoch lets a node notice a
 //!   flush before it delivers what came after it. Pattern subscriptions are
@@ -282,6 +285,28 @@ end
 return {last_id(seq), newest, held}
 "
     )
+}
+
+/// KEYS: revoked, revoked:exp. ARGV: channel, key, value, expires_ms. Stores a
+/// revocation (keeping the later one of a target), drops expired ones and tells
+/// every node.
+pub(super) fn revoke() -> String {
+    r"
+local revoked, expiry = KEYS[1], KEYS[2]
+local channel, key, value, expires = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local stale = redis.call('ZRANGEBYSCORE', expiry, '-inf', now_ms, 'LIMIT', 0, 1000)
+for _, old in ipairs(stale) do
+  redis.call('HDEL', revoked, old)
+  redis.call('ZREM', expiry, old)
+end
+redis.call('HSET', revoked, key, value)
+redis.call('ZADD', expiry, expires, key)
+redis.call('PUBLISH', channel, key .. '\n' .. value)
+return #stale
+"
+    .to_owned()
 }
 
 /// KEYS: meta, idle, trimmed, names. ARGV: prefix, ttl_ms. Deletes history keys idle for

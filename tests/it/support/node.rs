@@ -229,6 +229,7 @@ pub async fn subscribe_with(node: &Node, streams: &[&str], options: Options<'_>)
             resume,
             latest: options.latest,
             envelope: options.envelope,
+            token: None,
             close_at: None,
             close_connection: CancellationToken::new(),
         })

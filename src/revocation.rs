@@ -1,0 +1,407 @@
+//! Revocation: tokens refused before they expire, and the live streams they end.
+//!
+//! `POST /revocations` names a subject (`sub`) or one token (`jti`). A subject's
+//! revocation refuses every token of it issued up to the second of the revocation
+//! (by `iat`; a token without `iat` always), a token's revocation refuses that
+//! token; both for `auth.revocation_ttl`, which should be at least the longest token
+//! lifetime. [`Revocations`] holds the list in force on this node and the live
+//! streams that a revocation must end ([`Revocations::watch`]); both sit behind one
+//! lock, so a stream registered while a revocation arrives is either ended by it or
+//! sees it when it registers. Brokers carry revocations to the other nodes (Redis
+//! pub/sub) and keep them where the history is kept (Redis, the disk store): see
+//! [`crate::broker::Broker::revoke`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Claims;
+use crate::metrics as m;
+
+/// Longest `sub` or `jti` a revocation may name, in bytes.
+pub const MAX_TARGET_BYTES: usize = 1024;
+
+/// What a revocation refuses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Every token of this `sub` issued up to the revocation.
+    Subject(String),
+    /// The token with this `jti`.
+    Token(String),
+}
+
+impl Target {
+    /// Stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Subject(_) => "subject",
+            Self::Token(_) => "token",
+        }
+    }
+
+    /// `s:SUB` or `j:JTI`: the key under which brokers store it.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Subject(sub) => format!("s:{sub}"),
+            Self::Token(jti) => format!("j:{jti}"),
+        }
+    }
+
+    /// The inverse of [`Target::key`].
+    pub fn from_key(key: &str) -> Option<Self> {
+        let (kind, value) = key.split_at_checked(2)?;
+        match kind {
+            "s:" => Some(Self::Subject(value.to_owned())),
+            "j:" => Some(Self::Token(value.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// One revocation, as stored and sent between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub target: Target,
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub revoked_ms: u64,
+    /// Until when it is in force, in milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+impl Revocation {
+    /// `revoked_ms expires_ms`: the value brokers store under [`Target::key`].
+    pub fn value(&self) -> String {
+        format!("{} {}", self.revoked_ms, self.expires_ms)
+    }
+
+    /// Reads a key and a value written by [`Target::key`] and [`Revocation::value`].
+    pub fn parse(key: &str, value: &str) -> Option<Self> {
+        let (revoked, expires) = value.split_once(' ')?;
+        Some(Self {
+            target: Target::from_key(key)?,
+            revoked_ms: revoked.parse().ok()?,
+            expires_ms: expires.parse().ok()?,
+        })
+    }
+
+    /// Whether it refuses a token with these claims.
+    fn refuses(&self, claims: &Claims) -> bool {
+        match &self.target {
+            Target::Subject(sub) => {
+                claims.sub.as_deref() == Some(sub.as_str())
+                    && claims.iat.is_none_or(|iat| iat <= self.revoked_ms / 1000)
+            }
+            Target::Token(jti) => claims.jti.as_deref() == Some(jti.as_str()),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The revocations in force on this node and the live streams they can end.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// In force: when made and until when, by target.
+    refused: HashMap<Target, (u64, u64)>,
+    /// Live streams by the targets that would end them.
+    live: HashMap<Target, HashMap<u64, LiveStream>>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct LiveStream {
+    claims_iat: Option<u64>,
+    ended: CancellationToken,
+}
+
+impl Revocations {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether a revocation in force refuses a token with these claims.
+    pub fn refuses(&self, claims: &Claims) -> bool {
+        if claims.sub.is_none() && claims.jti.is_none() {
+            return false;
+        }
+        let inner = self.lock();
+        if inner.refused.is_empty() {
+            return false;
+        }
+        refused_by(&inner, claims, now_ms())
+    }
+
+    /// Puts `revocation` in force (a later one of the same target replaces an
+    /// earlier one) and ends the live streams it refuses. Returns how many ended.
+    pub fn apply(&self, revocation: &Revocation) -> usize {
+        if revocation.expires_ms <= now_ms() {
+            return 0;
+        }
+        let mut inner = self.lock();
+        let entry = inner
+            .refused
+            .entry(revocation.target.clone())
+            .or_insert((revocation.revoked_ms, revocation.expires_ms));
+        entry.0 = entry.0.max(revocation.revoked_ms);
+        entry.1 = entry.1.max(revocation.expires_ms);
+        let revoked_secs = entry.0 / 1000;
+        let mut ended = 0;
+        if let Some(streams) = inner.live.get(&revocation.target) {
+            let subject = matches!(revocation.target, Target::Subject(_));
+            for stream in streams.values() {
+                if !subject || stream.claims_iat.is_none_or(|iat| iat <= revoked_secs) {
+                    if !stream.ended.is_cancelled() {
+                        ended += 1;
+                    }
+                    stream.ended.cancel();
+                }
+            }
+        }
+        metrics::gauge!(m::REVOCATIONS_ACTIVE).set(inner.refused.len() as f64);
+        ended
+    }
+
+    /// Whether `revocation` (or a later one of its target) is already in force.
+    pub fn knows(&self, revocation: &Revocation) -> bool {
+        self.lock()
+            .refused
+            .get(&revocation.target)
+            .is_some_and(|&(revoked_ms, _)| revoked_ms >= revocation.revoked_ms)
+    }
+
+    /// Puts a revocation that came from elsewhere in force unless it already is,
+    /// counting it under `origin` (`peer`, `store`).
+    pub fn receive(&self, revocation: &Revocation, origin: &'static str) {
+        if self.knows(revocation) || revocation.expires_ms <= now_ms() {
+            return;
+        }
+        let ended = self.apply(revocation);
+        metrics::counter!(m::REVOCATIONS, "kind" => revocation.target.kind(), "origin" => origin).increment(1);
+        tracing::info!(kind = revocation.target.kind(), origin, ended, "revocation in force");
+    }
+
+    /// Registers a live stream of a token with `claims`: the returned watch is
+    /// cancelled when a revocation refuses the token (at once, if one already does).
+    pub fn watch(self: &Arc<Self>, claims: &Claims) -> Watch {
+        let ended = CancellationToken::new();
+        let targets: Vec<Target> = [
+            claims.sub.clone().map(Target::Subject),
+            claims.jti.clone().map(Target::Token),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if targets.is_empty() {
+            return Watch {
+                revocations: Weak::new(),
+                id: 0,
+                targets,
+                ended,
+            };
+        }
+        let mut inner = self.lock();
+        if refused_by(&inner, claims, now_ms()) {
+            ended.cancel();
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        for target in &targets {
+            inner.live.entry(target.clone()).or_default().insert(
+                id,
+                LiveStream {
+                    claims_iat: claims.iat,
+                    ended: ended.clone(),
+                },
+            );
+        }
+        Watch {
+            revocations: Arc::downgrade(self),
+            id,
+            targets,
+            ended,
+        }
+    }
+
+    /// Forgets revocations past their time.
+    pub fn prune(&self) {
+        let now = now_ms();
+        let mut inner = self.lock();
+        inner.refused.retain(|_, (_, expires_ms)| *expires_ms > now);
+        metrics::gauge!(m::REVOCATIONS_ACTIVE).set(inner.refused.len() as f64);
+    }
+
+    /// Revocations in force.
+    pub fn len(&self) -> usize {
+        self.lock().refused.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn refused_by(inner: &Inner, claims: &Claims, now: u64) -> bool {
+    let in_force = |target: Target| {
+        inner.refused.get(&target).and_then(|&(revoked_ms, expires_ms)| {
+            (expires_ms > now).then_some(Revocation {
+                target,
+                revoked_ms,
+                expires_ms,
+            })
+        })
+    };
+    [
+        claims.sub.clone().map(Target::Subject),
+        claims.jti.clone().map(Target::Token),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(in_force)
+    .any(|revocation| revocation.refuses(claims))
+}
+
+/// A live stream's registration; cancelled when its token is revoked, removed
+/// when dropped.
+#[derive(Debug)]
+pub struct Watch {
+    revocations: Weak<Revocations>,
+    id: u64,
+    targets: Vec<Target>,
+    ended: CancellationToken,
+}
+
+impl Watch {
+    /// Cancelled when a revocation refuses the stream's token.
+    pub fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let Some(revocations) = self.revocations.upgrade() else {
+            return;
+        };
+        let mut inner = revocations.lock();
+        for target in &self.targets {
+            if let Some(streams) = inner.live.get_mut(target) {
+                streams.remove(&self.id);
+                if streams.is_empty() {
+                    inner.live.remove(target);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(sub: &str, jti: Option<&str>, iat: Option<u64>) -> Claims {
+        Claims {
+            sub: Some(sub.to_owned()),
+            jti: jti.map(str::to_owned),
+            iat,
+            ..Claims::default()
+        }
+    }
+
+    fn revocation(target: Target, revoked_ms: u64) -> Revocation {
+        Revocation {
+            target,
+            revoked_ms,
+            expires_ms: now_ms() + 60_000,
+        }
+    }
+
+    #[test]
+    fn a_subject_revocation_refuses_tokens_issued_up_to_its_second() {
+        let revocations = Revocations::new();
+        let now = now_ms();
+        revocations.apply(&revocation(Target::Subject("alice".to_owned()), now));
+        let secs = now / 1000;
+        assert!(revocations.refuses(&claims("alice", None, None)));
+        assert!(revocations.refuses(&claims("alice", None, Some(secs - 10))));
+        assert!(revocations.refuses(&claims("alice", None, Some(secs))));
+        assert!(!revocations.refuses(&claims("alice", None, Some(secs + 1))));
+        assert!(!revocations.refuses(&claims("bob", None, None)));
+    }
+
+    #[test]
+    fn a_token_revocation_refuses_only_that_token() {
+        let revocations = Revocations::new();
+        revocations.apply(&revocation(Target::Token("t-1".to_owned()), now_ms()));
+        assert!(revocations.refuses(&claims("alice", Some("t-1"), Some(u64::MAX / 1000))));
+        assert!(!revocations.refuses(&claims("alice", Some("t-2"), None)));
+    }
+
+    #[test]
+    fn live_streams_end_when_revoked_and_are_forgotten_when_dropped() {
+        let revocations = Revocations::new();
+        let old = revocations.watch(&claims("alice", Some("a"), Some(1)));
+        let fresh = revocations.watch(&claims("alice", Some("b"), Some(now_ms() / 1000 + 100)));
+        let other = revocations.watch(&claims("bob", None, None));
+        assert_eq!(
+            revocations.apply(&revocation(Target::Subject("alice".to_owned()), now_ms())),
+            1
+        );
+        assert!(old.ended().is_cancelled());
+        assert!(!fresh.ended().is_cancelled());
+        assert!(!other.ended().is_cancelled());
+        assert_eq!(
+            revocations.apply(&revocation(Target::Token("b".to_owned()), now_ms())),
+            1
+        );
+        assert!(fresh.ended().is_cancelled());
+        drop((old, fresh, other));
+        assert!(revocations.lock().live.is_empty());
+    }
+
+    #[test]
+    fn a_stream_registered_after_a_revocation_ends_at_once() {
+        let revocations = Revocations::new();
+        revocations.apply(&revocation(Target::Subject("alice".to_owned()), now_ms()));
+        assert!(revocations.watch(&claims("alice", None, None)).ended().is_cancelled());
+    }
+
+    #[test]
+    fn expired_revocations_are_ignored_and_pruned() {
+        let revocations = Revocations::new();
+        let past = Revocation {
+            target: Target::Subject("alice".to_owned()),
+            revoked_ms: 1,
+            expires_ms: 2,
+        };
+        assert_eq!(revocations.apply(&past), 0);
+        assert!(revocations.is_empty());
+        revocations.apply(&revocation(Target::Subject("bob".to_owned()), now_ms()));
+        revocations.prune();
+        assert_eq!(revocations.len(), 1);
+    }
+
+    #[test]
+    fn revocations_round_trip_through_their_stored_form() {
+        let revocation = revocation(Target::Token("x y:z".to_owned()), 5);
+        let parsed = Revocation::parse(&revocation.target.key(), &revocation.value()).unwrap();
+        assert_eq!(parsed, revocation);
+        assert!(Revocation::parse("q:x", "1 2").is_none());
+        assert!(Revocation::parse("s:x", "1").is_none());
+    }
+}
