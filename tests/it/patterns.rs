@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::server::token_with;
-use crate::support::{TestServer, test_config};
+use crate::support::{TestServer, test_config, within};
 
 async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
     let status = response.status();
@@ -189,5 +189,46 @@ async fn positions_answer_head_last_id_and_buffered() {
     assert_eq!(
         error_of(bad).await,
         (StatusCode::BAD_REQUEST, "invalid_stream_name".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_firehose_subscriber_that_cannot_keep_up_is_disconnected_like_any_other() {
+    let mut config = test_config();
+    config.limits.subscriber_queue = 4;
+    config.limits.max_event_bytes = 128 * 1024;
+    config.limits.max_body_bytes = 256 * 1024;
+    config.limits.max_connections = 2;
+    let server = TestServer::start(config).await;
+    // The firehose client never polls its body; the fast one follows one stream of many.
+    let mut firehose = server.subscribe(&["*"], None).await;
+    let mut fast = server.subscribe(&["fh.0"], None).await;
+    let payload = "x".repeat(64 * 1024);
+    let token = server.token(&["*"], &[]);
+    let mut published = Vec::new();
+    loop {
+        assert!(published.len() < 4000, "the firehose subscriber was never disconnected");
+        for n in 0..10 {
+            // Nine other streams between two events of the fast subscriber's one.
+            let stream = format!("fh.{n}");
+            let id = server.publish(&stream, None, json!(payload)).await;
+            if n == 0 {
+                assert_eq!(fast.next_event().await.id.as_deref(), Some(id.as_str()));
+            }
+            published.push(id);
+        }
+        // A third connection is accepted once the firehose one is cut off.
+        let probe = server.get_events(&["probe"], &token).await;
+        if probe.status() == StatusCode::OK {
+            break;
+        }
+    }
+    let received = within("the firehose stream to end", firehose.until_end()).await;
+    assert!(received.len() < published.len());
+    let ids: Vec<String> = received.iter().map(|event| event.id.clone().unwrap()).collect();
+    assert_eq!(
+        ids,
+        published[..received.len()],
+        "in order across streams, nothing skipped"
     );
 }
