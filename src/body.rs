@@ -31,6 +31,16 @@ pub enum BodyError {
 }
 
 impl BodyError {
+    /// Stable machine-readable reason, for error bodies and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self.innermost() {
+            Self::StreamName(_) => "invalid_stream_name",
+            Self::EventType(_) => "invalid_event_type",
+            Self::MediaType(_) => "unsupported_media_type",
+            Self::Invalid(_) | Self::Element { .. } => "invalid_request",
+        }
+    }
+
     /// The error itself, without the batch element it was found in.
     pub fn innermost(&self) -> &Self {
         match self {

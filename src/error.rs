@@ -68,12 +68,7 @@ impl ApiError {
             Self::Auth(error) => error.reason(),
             Self::NoStream => "no_stream",
             Self::InvalidStreamName(_) | Self::InvalidPattern(_) => "invalid_stream_name",
-            Self::Body(error) => match error.innermost() {
-                BodyError::StreamName(_) => "invalid_stream_name",
-                BodyError::EventType(_) => "invalid_event_type",
-                BodyError::MediaType(_) => "unsupported_media_type",
-                BodyError::Invalid(_) | BodyError::Element { .. } => "invalid_request",
-            },
+            Self::Body(error) => error.reason(),
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Revoke(error) => error.reason(),
             Self::MethodNotAllowed => "method_not_allowed",

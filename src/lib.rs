@@ -42,6 +42,7 @@
 //! - [`sse`]: the wire format, encoded once.
 //! - [`api`]: HTTP handlers (subscribe, publish, positions, revocations, webhooks, health, metrics, demo page).
 //! - [`demo`]: the sample publisher behind the demo page.
+//! - [`ingest`]: ways in besides HTTP (UDP datagrams, an AMQP consumer), glue over the node.
 //! - [`metrics`]: metric names, recorder, HTTP layer.
 
 pub mod api;
@@ -56,6 +57,7 @@ pub mod error;
 pub mod event;
 pub mod history;
 pub mod idempotency;
+pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod node;

@@ -52,6 +52,10 @@ pub const REVOCATIONS_ACTIVE: &str = "sse_revocations_active";
 pub const REVOKED_STREAMS: &str = "sse_revoked_streams_total";
 pub const JWKS_REFRESHES: &str = "sse_jwks_refreshes_total";
 pub const JWKS_KEYS: &str = "sse_jwks_keys";
+pub const INGEST_MESSAGES: &str = "sse_ingest_messages_total";
+pub const INGEST_REJECTED: &str = "sse_ingest_rejected_total";
+pub const INGEST_CONNECTED: &str = "sse_ingest_connected";
+pub const INGEST_RECONNECTS: &str = "sse_ingest_reconnects_total";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
@@ -65,7 +69,7 @@ pub const TCP_CLOSE_REASONS: &[&str] = &[
 ];
 
 /// Every `source` label of [`EVENTS_PUBLISHED`]: the ways in.
-pub const PUBLISH_SOURCES: &[&str] = &["http", "webhook", "demo"];
+pub const PUBLISH_SOURCES: &[&str] = &["http", "webhook", "demo", "udp", "amqp"];
 
 /// Every `reason` label of [`DISCONNECTS`].
 pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "revoked", "shutdown"];
@@ -222,6 +226,22 @@ fn describe_all() {
         "Fetches of auth.jwks_url, by trigger (startup, periodic, unknown_kid) and result (ok, failed)."
     );
     describe_gauge!(JWKS_KEYS, "Keys in the JWKS in use (the last good set).");
+    describe_counter!(
+        INGEST_MESSAGES,
+        "Messages received by an ingest path (udp, amqp), by outcome (published, rejected, requeued)."
+    );
+    describe_counter!(
+        INGEST_REJECTED,
+        "Ingest messages refused, by source and reason (the reasons of the HTTP error table)."
+    );
+    describe_gauge!(
+        INGEST_CONNECTED,
+        "Whether an ingest consumer (amqp) is connected and consuming."
+    );
+    describe_counter!(
+        INGEST_RECONNECTS,
+        "Times an ingest consumer (amqp) reconnected after a failure."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -275,6 +295,16 @@ fn register_at_zero() {
         }
     }
     metrics::gauge!(JWKS_KEYS).increment(0.0);
+    for source in ["udp", "amqp"] {
+        for outcome in ["published", "rejected", "requeued"] {
+            metrics::counter!(INGEST_MESSAGES, "source" => source, "outcome" => outcome).increment(0);
+        }
+    }
+    for source in ["udp", "amqp"] {
+        metrics::counter!(INGEST_REJECTED, "source" => source, "reason" => "invalid_request").increment(0);
+    }
+    metrics::gauge!(INGEST_CONNECTED, "source" => "amqp").increment(0.0);
+    metrics::counter!(INGEST_RECONNECTS, "source" => "amqp").increment(0);
     for reason in ["count", "age", "bytes"] {
         metrics::counter!(HISTORY_EVICTIONS, "reason" => reason).increment(0);
     }

@@ -8,6 +8,7 @@ use crate::auth::Verifier;
 use crate::auth::mint::SigningKey;
 use crate::auth::webhook::Webhooks;
 use crate::config::Config;
+use crate::ingest::IngestStatus;
 use crate::limits::BodyBudget;
 use crate::node::Node;
 
@@ -24,6 +25,8 @@ pub struct AppState {
     /// Bytes of webhook bodies received before their signature can be checked.
     pub unverified_bodies: Arc<BodyBudget>,
     pub metrics: PrometheusHandle,
+    /// Whether the ingest paths that gate readiness are connected.
+    pub ingest: Arc<IngestStatus>,
     /// Signs the demo page's subscribe-only token (HS256 only).
     pub demo_signer: Option<Arc<SigningKey>>,
 }

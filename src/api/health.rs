@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process is up) and `GET /readyz` (backend reachable, not draining).
+//! `GET /healthz` (the process is up) and `GET /readyz` (backend reachable, not
+//! draining, and the AMQP consumer connected when it gates readiness).
 
 use axum::Json;
 use axum::extract::State;
@@ -20,6 +21,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "backend_unavailable" })),
         );
+    }
+    if let Some(status) = state.ingest.not_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": status })));
     }
     (StatusCode::OK, Json(json!({ "status": "ready" })))
 }

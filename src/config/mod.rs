@@ -9,6 +9,7 @@
 
 mod auth;
 mod backend;
+mod ingest;
 mod limits;
 mod server;
 mod values;
@@ -16,6 +17,7 @@ mod webhooks;
 
 pub use auth::{Algorithm, AuthConfig, KeyIds};
 pub use backend::{BackendConfig, BackendKind, DiskConfig, RedisConfig};
+pub use ingest::{AmqpBody, AmqpConfig, IngestConfig, UdpConfig};
 pub use limits::{LimitsConfig, PublishConfig, StreamsConfig};
 pub use server::{CorsConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig};
 pub use values::Secret;
@@ -24,7 +26,7 @@ pub use webhooks::{DemoConfig, WebhookConfig, WebhookProvider, WebhooksConfig};
 use std::path::Path;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
 /// Prefix of the environment variables that override configuration keys.
@@ -54,6 +56,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub backend: BackendConfig,
     pub webhooks: WebhooksConfig,
+    pub ingest: IngestConfig,
     pub demo: DemoConfig,
     pub log: LogConfig,
 }
@@ -65,7 +68,10 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] when a source cannot be parsed or a value is invalid.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Self::default()));
+        // Defaults come from the `Default` impls through `#[serde(default)]`, not from
+        // a serialized copy: secrets serialize redacted, so a serialized default URL
+        // would read back as `<redacted>`.
+        let mut figment = Figment::new();
         match path {
             Some(path) if !path.exists() => {
                 return Err(ConfigError::Invalid {
@@ -87,7 +93,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] as for [`Config::load`].
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Self::extract(&Figment::from(Serialized::defaults(Self::default())).merge(Toml::string(text)))
+        Self::extract(&Figment::new().merge(Toml::string(text)))
     }
 
     fn extract(figment: &Figment) -> Result<Self, ConfigError> {
@@ -219,6 +225,27 @@ impl Config {
         if self.auth.jwks_refresh.is_zero() {
             return invalid("auth.jwks_refresh", "must be more than 0");
         }
+        let amqp = &self.ingest.amqp;
+        if amqp.enabled {
+            if amqp.queue.is_empty() {
+                return invalid("ingest.amqp.queue", "must not be empty");
+            }
+            if amqp.prefetch == 0 {
+                return invalid("ingest.amqp.prefetch", "must be at least 1 (0 would mean unbounded)");
+            }
+            if !["amqp://", "amqps://"]
+                .iter()
+                .any(|scheme| amqp.url.expose().starts_with(scheme))
+            {
+                return invalid("ingest.amqp.url", "must start with amqp:// or amqps://");
+            }
+            if amqp.reconnect_min.is_zero() || amqp.reconnect_max < amqp.reconnect_min {
+                return invalid(
+                    "ingest.amqp.reconnect_min",
+                    "must be more than 0 and at most ingest.amqp.reconnect_max",
+                );
+            }
+        }
         if self.auth.revocation_ttl.is_zero() {
             return invalid("auth.revocation_ttl", "must be more than 0");
         }
@@ -302,6 +329,13 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml("[server]\nadress = \"0.0.0.0:1\"").unwrap_err();
         assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn secret_defaults_survive_loading_without_a_file() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.backend.redis.url.expose(), "redis://127.0.0.1:6379");
+        assert_eq!(config.ingest.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum Source {
     Http,
     Webhook,
     Demo,
+    Udp,
+    Amqp,
 }
 
 impl Source {
@@ -32,6 +34,8 @@ impl Source {
             Self::Http => "http",
             Self::Webhook => "webhook",
             Self::Demo => "demo",
+            Self::Udp => "udp",
+            Self::Amqp => "amqp",
         }
     }
 }
@@ -179,6 +183,19 @@ impl Node {
 }
 
 impl PublishError {
+    /// Whether the same publication could succeed later (the node or its backend
+    /// is busy or away), as opposed to being refused for what it is.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Draining | Self::InProgress | Self::Broker(_) | Self::Limited(_) => true,
+            Self::NotPermitted { .. }
+            | Self::EmptyBatch
+            | Self::BatchTooLarge { .. }
+            | Self::EventTooLarge { .. }
+            | Self::KeyReused => false,
+        }
+    }
+
     /// Stable machine-readable reason, for error bodies and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -200,7 +217,7 @@ mod tests {
 
     #[test]
     fn every_source_label_is_registered_at_zero() {
-        for source in [Source::Http, Source::Webhook, Source::Demo] {
+        for source in [Source::Http, Source::Webhook, Source::Demo, Source::Udp, Source::Amqp] {
             assert!(m::PUBLISH_SOURCES.contains(&source.label()), "{source:?}");
         }
     }

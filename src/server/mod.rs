@@ -13,7 +13,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 
 use crate::auth::keys::hs256_secret;
 use crate::auth::mint::SigningKey;
@@ -22,6 +22,7 @@ use crate::auth::{KeyError, Verifier};
 use crate::broker::BrokerError;
 use crate::config::{Algorithm, Config};
 use crate::demo::{self, DEMO_STREAMS, DEMO_SUBJECT};
+use crate::ingest::{self, IngestStatus};
 use crate::limits::{BodyBudget, SubjectLimits};
 use crate::metrics;
 use crate::node::Node;
@@ -49,10 +50,12 @@ pub struct Listeners {
     pub main: TcpListener,
     /// Set when `/metrics` is served on its own address.
     pub metrics: Option<TcpListener>,
+    /// Set when `[ingest.udp]` is enabled.
+    pub udp: Option<UdpSocket>,
 }
 
 impl Listeners {
-    /// Binds `server.addr` and, if configured, `metrics.addr`.
+    /// Binds `server.addr` and, if configured, `metrics.addr` and `ingest.udp.addr`.
     ///
     /// # Errors
     /// [`ServerError::Bind`] naming the address.
@@ -62,8 +65,26 @@ impl Listeners {
             Some(addr) if config.metrics.enabled => Some(bind(addr)?),
             _ => None,
         };
-        Ok(Self { main, metrics })
+        Ok(Self {
+            main,
+            metrics,
+            udp: bind_udp(config)?,
+        })
     }
+}
+
+/// Binds `ingest.udp.addr` when UDP ingest is enabled.
+///
+/// # Errors
+/// [`ServerError::Bind`] naming the address.
+pub fn bind_udp(config: &Config) -> Result<Option<UdpSocket>, ServerError> {
+    let udp = &config.ingest.udp;
+    if !udp.enabled {
+        return Ok(None);
+    }
+    ingest::udp::bind(udp)
+        .map(Some)
+        .map_err(|source| ServerError::Bind { addr: udp.addr, source })
 }
 
 /// Pending-connection queue of the listening sockets. Tokio's default (1024) makes a
@@ -107,6 +128,25 @@ pub async fn run(
         jwks.start(shutdown.token().clone()).await;
     }
     let upkeep = tokio::spawn(upkeep_periodically(state.clone()));
+    if let Some(socket) = listeners.udp {
+        let (node, config, stop) = (state.node.clone(), state.config.clone(), shutdown.token().clone());
+        tokio::spawn(async move {
+            ingest::udp::listen(socket, node, &config.ingest.udp, config.limits.max_body_bytes, stop).await;
+        });
+    }
+    if state.config.ingest.amqp.enabled {
+        let limits = ingest::amqp::AmqpLimits {
+            max_body_bytes: state.config.limits.max_body_bytes,
+            idempotency_window: state.config.publish.idempotency_window,
+        };
+        tokio::spawn(ingest::amqp::consume(
+            state.node.clone(),
+            state.config.ingest.amqp.clone(),
+            limits,
+            state.ingest.clone(),
+            shutdown.token().clone(),
+        ));
+    }
     if state.config.demo.publisher {
         tokio::spawn(demo::publish_samples(
             state.node.clone(),
@@ -221,6 +261,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
             config.limits.max_unverified_body_bytes_in_flight,
             "limits.max_unverified_body_bytes_in_flight",
         )),
+        ingest: IngestStatus::new(config.ingest.amqp.enabled && config.ingest.amqp.gates_readiness),
         config: Arc::new(config),
         verifier: Arc::new(verifier),
         metrics: metrics::install_recorder(),

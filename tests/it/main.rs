@@ -18,6 +18,7 @@ mod dockerfile;
 mod failover;
 mod faults;
 mod hardening;
+mod ingest;
 mod interop;
 mod jwks;
 mod limits;

@@ -35,6 +35,8 @@ pub fn test_config() -> Config {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where `[ingest.udp]` listens, when enabled.
+    pub udp_addr: Option<SocketAddr>,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServerError>>>,
@@ -53,10 +55,13 @@ impl TestServer {
         let signal = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(server::run(config, Listeners { main, metrics }, signal));
+        let udp = server::bind_udp(&config).expect("bind UDP ingest");
+        let udp_addr = udp.as_ref().map(|socket| socket.local_addr().unwrap());
+        let task = tokio::spawn(server::run(config, Listeners { main, metrics, udp }, signal));
         Self {
             addr,
             metrics_addr,
+            udp_addr,
             http: reqwest::Client::new(),
             stop: Some(stop),
             task: Some(task),
