@@ -45,9 +45,11 @@ run_memory() {
 
 run_redis() { # min_replicas
     local rport qport aport bport; rport=$(free_port); qport=$(free_port); aport=$(free_port); bport=$(free_port)
-    taskset -c 0 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --repl-diskless-sync-delay 0 >/dev/null & local redis=$!; pids+=($redis)
+    # Their own directories: a replica writes the snapshot it syncs from (dump.rdb).
+    local rdir qdir; rdir=$(mktemp -d); qdir=$(mktemp -d)
+    taskset -c 0 redis-server --dir "$rdir" --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --repl-diskless-sync-delay 0 >/dev/null & local redis=$!; pids+=($redis)
     until redis-cli -p "$rport" ping >/dev/null 2>&1; do sleep 0.05; done
-    taskset -c 0 redis-server --port "$qport" --bind 127.0.0.1 --save '' --appendonly no --replicaof 127.0.0.1 "$rport" >/dev/null & local replica=$!; pids+=($replica)
+    taskset -c 0 redis-server --dir "$qdir" --port "$qport" --bind 127.0.0.1 --save '' --appendonly no --replicaof 127.0.0.1 "$rport" >/dev/null & local replica=$!; pids+=($replica)
     until redis-cli -p "$rport" info replication | grep -q 'state=online'; do sleep 0.05; done
     export SSE_GATEWAY_BACKEND__KIND=redis SSE_GATEWAY_BACKEND__REDIS__URL=redis://127.0.0.1:$rport
     export SSE_GATEWAY_BACKEND__REDIS__MIN_REPLICAS=$1 SSE_GATEWAY_BACKEND__REDIS__CONNECTIONS=4
