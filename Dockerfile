@@ -2,13 +2,17 @@
 #
 # sse-gateway container image.
 #
-# Build (BuildKit, the default builder of current Docker releases):
-#   docker build -t sse-gateway .
+# Build (BuildKit, the default builder of current Docker releases); the revision is
+# what `sse-gateway --version` and sse_build_info report (.git is not in the context):
+#   docker build --build-arg SSE_GATEWAY_REVISION="$(git rev-parse --short=12 HEAD)" -t sse-gateway .
 #
-# Run:
+# Run (production defaults: no demo page, no sample publisher; add
+# -e SSE_GATEWAY_DEMO__ENABLED=true -e SSE_GATEWAY_DEMO__PUBLISHER=true to try them):
 #   docker run --rm -p 8080:8080 \
 #     -e SSE_GATEWAY_AUTH__HS256_SECRET="$(openssl rand -hex 32)" \
 #     sse-gateway
+#
+# With Redis, Prometheus and Grafana (dashboard provisioned): docker-compose.yml.
 #
 # Mint a token with the running container's key (same config, env and working dir):
 #   docker exec <container> sse-gateway token --subscribe 'orders.*' --publish 'orders.*'
@@ -40,6 +44,8 @@
 FROM rust:1-bookworm AS builder
 
 WORKDIR /build
+ARG SSE_GATEWAY_REVISION=unknown
+ENV SSE_GATEWAY_REVISION=${SSE_GATEWAY_REVISION}
 
 # The whole crate (Cargo.toml names its tests and benches, so they must be present
 # for the manifest to load). The cargo registry and target dir are BuildKit cache
@@ -75,8 +81,12 @@ RUN groupadd --system --gid 10001 sse-gateway \
 COPY --from=builder /usr/local/bin/sse-gateway /usr/local/bin/sse-gateway
 COPY config.toml /etc/sse-gateway/config.toml
 
+# The repository's config.toml with the production defaults the image runs: the
+# demo page and its sample publisher stay off unless asked for.
 ENV SSE_GATEWAY_SERVER__ADDR=0.0.0.0:8080 \
-    SSE_GATEWAY_CONFIG=/etc/sse-gateway/config.toml
+    SSE_GATEWAY_CONFIG=/etc/sse-gateway/config.toml \
+    SSE_GATEWAY_DEMO__ENABLED=false \
+    SSE_GATEWAY_DEMO__PUBLISHER=false
 
 WORKDIR /var/lib/sse-gateway
 USER 10001:10001

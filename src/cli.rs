@@ -16,7 +16,7 @@ use crate::stream::StreamPattern;
 
 /// Authenticated, multi-topic Server-Sent Events gateway.
 #[derive(Debug, Parser)]
-#[command(name = "sse-gateway", version, about)]
+#[command(name = "sse-gateway", version = crate::VERSION, about)]
 pub struct Cli {
     /// Configuration file (default: ./config.toml when present). Environment
     /// variables SSE_GATEWAY_<SECTION>__<KEY> override its keys.
@@ -94,6 +94,8 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         open_file_limit,
         metrics_addr = ?listeners.metrics.as_ref().map(tokio::net::TcpListener::local_addr),
         backend = ?config.backend.kind,
+        tls = config.server.tls.enabled(),
+        version = crate::VERSION,
         "sse-gateway listening"
     );
     server::run(config, listeners, shutdown::os_signal()).await?;
@@ -110,10 +112,11 @@ fn prepare_hs256_secret(config: &mut Config) -> anyhow::Result<()> {
     }
     let path = Path::new(DEFAULT_SECRET_FILE);
     if ensure_secret_file(path)? {
+        let mint = token_command();
         tracing::warn!(
             file = DEFAULT_SECRET_FILE,
             "no HS256 secret configured: generated a random one (mode 0600). \
-             Mint tokens with `sse-gateway token --subscribe '*' --publish '*'`; \
+             Mint tokens with `{mint} --subscribe '*' --publish '*'`; \
              set auth.hs256_secret_file or SSE_GATEWAY_AUTH__HS256_SECRET in production"
         );
     } else {
@@ -121,6 +124,34 @@ fn prepare_hs256_secret(config: &mut Config) -> anyhow::Result<()> {
     }
     auth.hs256_secret_file = Some(path.to_owned());
     Ok(())
+}
+
+/// How to run `token` with this same binary: `cargo run` when it was built in a
+/// cargo target directory (with `--release` for a release build), else
+/// `sse-gateway` when that is what `PATH` finds, else the binary's own path.
+pub fn token_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "sse-gateway token".to_owned();
+    };
+    let parent = exe.parent().and_then(Path::file_name).and_then(|name| name.to_str());
+    let in_target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == "target");
+    match parent {
+        Some("release") if in_target => "cargo run -q --release -- token".to_owned(),
+        Some("debug") if in_target => "cargo run -q -- token".to_owned(),
+        _ => {
+            let on_path = std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("sse-gateway") == exe));
+            if on_path {
+                "sse-gateway token".to_owned()
+            } else {
+                format!("{} token", exe.display())
+            }
+        }
+    }
 }
 
 /// `token`: sign claims from the flags with the configured key.

@@ -26,6 +26,7 @@
 //!   event-stream path, the pool of non-event-stream connections.
 //! - [`state`]: `AppState`, the handlers' handle. [`router`]: every route and layer.
 //! - [`connection`]: a client connection as handlers see it.
+//! - [`access_log`]: one line per request, with the subject handlers record.
 //! - [`shutdown`]: signals, draining flag, stream cancellation.
 //! - [`error`]: `ApiError` → HTTP status and body, the error policy.
 //! - [`auth`]: JWT verification (static keys and JWKS), claims, token sources, minting, webhook secrets.
@@ -45,6 +46,13 @@
 //! - [`ingest`]: ways in besides HTTP (UDP datagrams, an AMQP consumer), glue over the node.
 //! - [`metrics`]: metric names, recorder, HTTP layer.
 
+/// `VERSION (REVISION)`: the crate version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SSE_GATEWAY_REVISION"), ")");
+
+/// The git revision the binary was built from (`unknown` outside a checkout).
+pub const REVISION: &str = env!("SSE_GATEWAY_REVISION");
+
+pub mod access_log;
 pub mod api;
 pub mod auth;
 pub mod body;

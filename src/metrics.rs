@@ -56,6 +56,7 @@ pub const INGEST_MESSAGES: &str = "sse_ingest_messages_total";
 pub const INGEST_REJECTED: &str = "sse_ingest_rejected_total";
 pub const INGEST_CONNECTED: &str = "sse_ingest_connected";
 pub const INGEST_RECONNECTS: &str = "sse_ingest_reconnects_total";
+pub const BUILD_INFO: &str = "sse_build_info";
 pub const HTTP_REQUESTS: &str = "sse_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "sse_http_request_duration_seconds";
 
@@ -73,6 +74,61 @@ pub const PUBLISH_SOURCES: &[&str] = &["http", "webhook", "demo", "udp", "amqp"]
 
 /// Every `reason` label of [`DISCONNECTS`].
 pub const DISCONNECT_REASONS: &[&str] = &["client_closed", "slow_consumer", "token_expired", "revoked", "shutdown"];
+
+/// Authentication reasons, shared by the rejection counters below.
+const AUTH_REASONS: &[&str] = &[
+    "missing_token",
+    "malformed_token",
+    "token_too_large",
+    "algorithm_not_allowed",
+    "unknown_key",
+    "bad_signature",
+    "token_expired",
+    "token_not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "missing_claim",
+    "invalid_claims",
+    "unsupported_extension",
+    "token_revoked",
+    "stream_not_permitted",
+];
+
+/// The `reason` labels of [`PUBLISH_REJECTIONS`] (besides [`AUTH_REASONS`]) that
+/// exist from the start, so dashboards show 0 rather than "No data".
+const PUBLISH_REJECTION_REASONS: &[&str] = &[
+    "invalid_request",
+    "invalid_stream_name",
+    "invalid_event_type",
+    "unsupported_media_type",
+    "payload_too_large",
+    "request_timeout",
+    "draining",
+    "publish_rate_limit",
+    "bodies_in_flight_limit",
+    "request_in_progress",
+    "idempotency_key_reused",
+    "backend_unavailable",
+    "backend_timeout",
+    "stream_limit",
+];
+
+/// The `reason` labels of [`CONNECTIONS_REJECTED`] (besides [`AUTH_REASONS`]).
+const CONNECTION_REJECTION_REASONS: &[&str] = &[
+    "no_stream",
+    "invalid_stream_name",
+    "too_many_streams",
+    "invalid_request",
+    "firehose_disabled",
+    "subject_connection_limit",
+    "subject_stream_limit",
+    "subject_firehose_limit",
+    "subscribe_rate_limit",
+    "connection_limit",
+    "draining",
+    "backend_unavailable",
+    "stream_limit",
+];
 
 /// Every `trigger` label of [`JWKS_REFRESHES`].
 pub const JWKS_TRIGGERS: &[&str] = &["startup", "periodic", "unknown_kid"];
@@ -242,6 +298,10 @@ fn describe_all() {
         INGEST_RECONNECTS,
         "Times an ingest consumer (amqp) reconnected after a failure."
     );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and git revision of the running binary."
+    );
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by method, route and status.");
     describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -253,6 +313,7 @@ fn describe_all() {
 /// Exports unlabelled series from the start, so dashboards show 0 rather than no
 /// data before the first event of each kind.
 fn register_at_zero() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "revision" => crate::REVISION).set(1.0);
     for name in [
         CONNECTIONS_TOTAL,
         EVENTS_DELIVERED,
@@ -282,6 +343,17 @@ fn register_at_zero() {
     }
     metrics::counter!(ACCEPT_ERRORS).increment(0);
     metrics::counter!(EXPIRY_WARNINGS).increment(0);
+    for reason in AUTH_REASONS {
+        metrics::counter!(AUTH_REJECTIONS, "reason" => *reason).increment(0);
+        metrics::counter!(PUBLISH_REJECTIONS, "reason" => *reason).increment(0);
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => *reason).increment(0);
+    }
+    for reason in PUBLISH_REJECTION_REASONS {
+        metrics::counter!(PUBLISH_REJECTIONS, "reason" => *reason).increment(0);
+    }
+    for reason in CONNECTION_REJECTION_REASONS {
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => *reason).increment(0);
+    }
     metrics::counter!(REVOKED_STREAMS).increment(0);
     for kind in ["subject", "token"] {
         for origin in ["api", "peer", "store"] {

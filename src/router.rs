@@ -6,8 +6,8 @@ use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::access_log;
 use crate::api::{self, demo, health, publish, revocations, streams, subscribe, webhook};
-use crate::auth::extract::redacted_query;
 use crate::config::Config;
 use crate::error;
 use crate::metrics;
@@ -27,7 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz));
     if state.config.demo.enabled {
         router = router
-            .route("/", get(demo::demo_page))
+            .route("/", get(demo::index))
             .route("/demo", get(demo::demo_page))
             .route("/demo/token", get(demo::demo_token));
     }
@@ -35,10 +35,14 @@ pub fn router(state: AppState) -> Router {
         router = router.route("/metrics", get(api::metrics::render_metrics));
     }
     let cors = cors_layer(&state.config);
-    let router = router
+    let mut router = router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn(api::require_one_host))
+        .layer(axum::middleware::from_fn(api::require_one_host));
+    if state.config.log.access {
+        router = router.layer(axum::middleware::from_fn(access_log::log_requests));
+    }
+    let router = router
         .layer(axum::middleware::from_fn(metrics::track_http))
         // A bug must cost one request a 500, never the connection or the process.
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
@@ -58,7 +62,8 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Request spans carry the path and the query with `access_token` redacted.
+/// Request spans carry the method and the path, never the query (it may carry a
+/// token, and stream names are the access log's business only as a route template).
 fn trace_layer() -> TraceLayer<
     tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
     impl Fn(&Request<axum::body::Body>) -> tracing::Span + Clone,
@@ -68,7 +73,6 @@ fn trace_layer() -> TraceLayer<
             "http",
             method = %request.method(),
             path = %request.uri().path(),
-            query = %redacted_query(request.uri().query()),
         )
     })
 }

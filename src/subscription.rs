@@ -62,6 +62,8 @@ pub struct Parts {
     pub expiry_warning: Option<(SystemTime, u64)>,
     /// Ends the stream when the token is revoked.
     pub revoked: Option<Watch>,
+    /// The token's `sub`, for the log line when the stream ends.
+    pub sub: Option<Box<str>>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
     pub timing: StreamTiming,
@@ -107,6 +109,8 @@ pub struct Subscription {
     /// Until the expiry warning, and the `exp` it names.
     warning: Option<(Pin<Box<Sleep>>, u64)>,
     revoked: Option<Watch>,
+    sub: Option<Box<str>>,
+    opened: Instant,
     shutdown: CancellationToken,
     ended: Option<EndReason>,
     delivered: metrics::Counter,
@@ -135,6 +139,7 @@ impl Subscription {
             close_at,
             expiry_warning,
             revoked,
+            sub,
             shutdown,
             timing,
             slots,
@@ -168,6 +173,8 @@ impl Subscription {
             expiry: close_at.map(sleep_until_system_time),
             warning,
             revoked,
+            sub,
+            opened: Instant::now(),
             shutdown,
             ended: None,
             delivered: metrics::counter!(m::EVENTS_DELIVERED),
@@ -278,7 +285,7 @@ impl Subscription {
     fn end(&mut self, reason: EndReason) -> Option<Bytes> {
         self.ended = Some(reason);
         metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
-        tracing::debug!(reason = reason.label(), "event stream ended");
+        self.log_end(reason);
         match reason {
             EndReason::Shutdown | EndReason::TokenExpired => {
                 let jitter_ms = u64::try_from(self.timing.retry_jitter.as_millis()).unwrap_or(u64::MAX);
@@ -294,10 +301,26 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// One `info` line per stream end, with why (target `access`, beside the
+    /// request's own line).
+    fn log_end(&self, reason: EndReason) {
+        tracing::info!(
+            target: "access",
+            reason = reason.label(),
+            subject = self.sub.as_deref().unwrap_or("-"),
+            streams = self.attachment.patterns().len(),
+            duration_s = self.opened.elapsed().as_secs_f64(),
+            "event stream ended"
+        );
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.ended.is_none() {
             metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
+            self.log_end(EndReason::ClientClosed);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `GET /demo` (and `/`): the live demo page, embedded in the binary at build time.
+//! `GET /demo`: the live demo page, embedded in the binary at build time; `GET /`:
+//! a small index pointing to it (both only with `demo.enabled`).
 //! It is served with a short-lived, subscribe-only token for `demo.*` when the
 //! gateway has an HS256 secret to sign it with; otherwise the visitor pastes one.
 //! The page subscribes to `demo.*` with envelopes, so each event says its stream.
@@ -40,6 +41,32 @@ fn demo_token_for(state: &AppState) -> Option<String> {
         ..Claims::default()
     };
     mint(&claims, key).ok()
+}
+
+/// `GET /` (with the demo on): what this server is and where to go.
+pub async fn index(State(state): State<AppState>) -> impl IntoResponse {
+    let metrics = if state.config.metrics.enabled && state.config.metrics.addr.is_none() {
+        "<li><a href=\"/metrics\">/metrics</a> — Prometheus metrics</li>"
+    } else {
+        ""
+    };
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>sse-gateway</title></head>\n\
+         <body style=\"font-family: system-ui, sans-serif; max-width: 40rem; margin: 3rem auto\">\n\
+         <h1>sse-gateway <small>{version}</small></h1>\n\
+         <p>An authenticated Server-Sent Events gateway: subscribe with <code>GET /events?stream=NAME</code>, \
+         publish with <code>POST /events</code>.</p>\n<ul>\n\
+         <li><a href=\"/demo\">/demo</a> — the live demo page</li>\n\
+         <li><a href=\"/healthz\">/healthz</a> and <a href=\"/readyz\">/readyz</a> — health and readiness</li>\n\
+         {metrics}\n\
+         <li>Documentation: the README beside the binary's sources (HTTP API, tokens, configuration), \
+         and <code>sse-gateway --help</code></li>\n</ul>\n</body></html>\n",
+        version = crate::VERSION,
+    );
+    (
+        [(CONTENT_TYPE, "text/html; charset=utf-8"), (CACHE_CONTROL, "no-cache")],
+        page,
+    )
 }
 
 /// `GET /demo/token`: `{"token": "…"}` (empty when the gateway cannot sign one).

@@ -45,6 +45,7 @@ async fn authenticate(
 ) -> Result<Verified, ApiError> {
     let token = find_token(headers, query, sources)?;
     let verified = state.verifier.verify_fetching(&token).await?;
+    crate::access_log::record_subject(verified.claims.sub.as_deref());
     if state.node.revocations().refuses(&verified.claims) {
         return Err(AuthError::TokenRevoked.into());
     }

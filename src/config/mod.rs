@@ -19,7 +19,7 @@ pub use auth::{Algorithm, AuthConfig, KeyIds};
 pub use backend::{BackendConfig, BackendKind, DiskConfig, RedisConfig};
 pub use ingest::{AmqpBody, AmqpConfig, IngestConfig, UdpConfig};
 pub use limits::{LimitsConfig, PublishConfig, StreamsConfig};
-pub use server::{CorsConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig};
+pub use server::{CorsConfig, LogConfig, LogFormat, MetricsConfig, ServerConfig, TlsConfig};
 pub use values::Secret;
 pub use webhooks::{DemoConfig, WebhookConfig, WebhookProvider, WebhooksConfig};
 
@@ -224,6 +224,10 @@ impl Config {
         }
         if self.auth.jwks_refresh.is_zero() {
             return invalid("auth.jwks_refresh", "must be more than 0");
+        }
+        let tls = &self.server.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid("server.tls", "set both cert_file and key_file (or neither)");
         }
         let amqp = &self.ingest.amqp;
         if amqp.enabled {

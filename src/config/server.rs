@@ -1,6 +1,7 @@
 //! `[server]`, `[cors]`, `[metrics]` and `[log]`: the listener and what it serves.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -42,6 +43,24 @@ pub struct ServerConfig {
     /// keep-alive for other requests) held at once; when full, the oldest idle one is
     /// closed to make room. Capped at half the open-file limit.
     pub max_other_connections: usize,
+    /// `[server.tls]`: serve HTTPS (HTTP/2 and HTTP/1.1 by ALPN) on `addr`.
+    pub tls: TlsConfig,
+}
+
+/// `[server.tls]`: PEM files; both set turns TLS on. Reloaded on SIGHUP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
 }
 
 impl Default for ServerConfig {
@@ -57,6 +76,7 @@ impl Default for ServerConfig {
             retry_jitter: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             max_other_connections: 4096,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -106,6 +126,9 @@ pub struct LogConfig {
     /// `tracing` filter directive; `RUST_LOG` wins when set.
     pub level: String,
     pub format: LogFormat,
+    /// One `info` line per request (target `access`): method, route template,
+    /// status, duration, subject. Never tokens or query strings.
+    pub access: bool,
 }
 
 impl Default for LogConfig {
@@ -113,6 +136,7 @@ impl Default for LogConfig {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            access: true,
         }
     }
 }

@@ -11,6 +11,9 @@
 //!
 //! A connection whose first request is a plain `GET /events` is served by the lean
 //! path in `event_conn` instead (same router, no hyper buffers per open stream).
+//! With `[server.tls]`, every connection first completes its TLS handshake (within
+//! the same first-request deadline) and is then served by hyper, HTTP/2 or
+//! HTTP/1.1 as ALPN chose.
 
 use std::convert::Infallible;
 use std::io;
@@ -26,7 +29,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -64,6 +69,7 @@ pub(super) async fn serve(
     listener: TcpListener,
     router: Router,
     settings: HttpSettings,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -111,7 +117,18 @@ pub(super) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (router, builder, stop) = (router.clone(), Arc::clone(&builder), stop.clone());
-        connections.spawn(serve_connection(stream, router, builder, settings, membership, stop));
+        match &tls {
+            None => connections.spawn(serve_connection(stream, router, builder, settings, membership, stop)),
+            Some(tls) => connections.spawn(serve_tls_connection(
+                stream,
+                tls.clone(),
+                router,
+                builder,
+                settings,
+                membership,
+                stop,
+            )),
+        };
     }
     drop(listener);
     connections.close();
@@ -151,16 +168,57 @@ async fn serve_connection(
     }
 }
 
+/// A TLS connection: the handshake within `header_read_timeout`, then hyper.
+async fn serve_tls_connection(
+    stream: tokio::net::TcpStream,
+    tls: TlsAcceptor,
+    router: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    settings: HttpSettings,
+    membership: Membership,
+    stop: CancellationToken,
+) {
+    let evicted = membership.activity().evicted().clone();
+    let handshake = tokio::time::timeout(settings.header_read_timeout, tls.accept(stream));
+    let io = tokio::select! {
+        () = evicted.cancelled() => return,
+        () = stop.cancelled() => return,
+        handshake = handshake => match handshake {
+            Ok(Ok(io)) => io,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "first_request_timeout").increment(1);
+                return;
+            }
+        },
+    };
+    Box::pin(serve_with_hyper(
+        io,
+        router,
+        &builder,
+        settings,
+        membership,
+        ClientConnection::default(),
+        stop,
+    ))
+    .await;
+}
+
 /// Any connection whose first request is not a plain event-stream request.
-async fn serve_with_hyper(
-    io: Prefixed,
+async fn serve_with_hyper<I>(
+    io: I,
     router: Router,
     builder: &Builder<TokioExecutor>,
     settings: HttpSettings,
     mut membership: Membership,
     client: ClientConnection,
     stop: CancellationToken,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::clone(membership.activity());
     let service = {
         let (activity, client) = (Arc::clone(&activity), client.clone());

@@ -5,6 +5,7 @@
 mod event_conn;
 mod http;
 mod pool;
+pub mod tls;
 
 pub use http::HttpSettings;
 
@@ -40,6 +41,8 @@ pub enum ServerError {
     Backend(#[from] BrokerError),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("server failed: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -157,7 +160,7 @@ pub async fn run(
     let settings = http_settings(&state.config);
     let metrics_server = listeners.metrics.map(|listener| {
         let router = router::metrics_router(state.clone());
-        tokio::spawn(http::serve(listener, router, settings, shutdown.token().clone()))
+        tokio::spawn(http::serve(listener, router, settings, None, shutdown.token().clone()))
     });
     // Draining first (readyz fails, publishes get 503), ending every event stream
     // (the token the subscriptions select on) and stopping the accept loops.
@@ -168,10 +171,19 @@ pub async fn run(
             shutdown.begin();
         })
     };
+    let acceptor = match state.config.server.tls.enabled() {
+        true => {
+            let certificates = tls::Certificates::load(&state.config.server.tls)?;
+            tokio::spawn(reload_on_sighup(Arc::clone(&certificates), shutdown.token().clone()));
+            Some(certificates.acceptor())
+        }
+        false => None,
+    };
     let serve = http::serve(
         listeners.main,
         router::router(state.clone()),
         settings,
+        acceptor,
         shutdown.token().clone(),
     );
     let deadline = async {
@@ -190,6 +202,28 @@ pub async fn run(
     state.node.close().await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Reads the certificate and key again on every SIGHUP (open connections go on).
+async fn reload_on_sighup(certificates: Arc<tls::Certificates>, stop: tokio_util::sync::CancellationToken) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificates will not be reloaded");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            signal = hangups.recv() => {
+                if signal.is_none() {
+                    return;
+                }
+                match certificates.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(error) => tracing::error!(%error, "SIGHUP: keeping the certificate in use"),
+                }
+            }
+        }
+    }
 }
 
 fn http_settings(config: &Config) -> HttpSettings {

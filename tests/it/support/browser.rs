@@ -38,6 +38,8 @@ impl Browser {
                 "args": [
                     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                     "--window-size=1280,900", format!("--user-data-dir={}", profile.path().display()),
+                    // TLS tests serve a certificate made in the test.
+                    "--ignore-certificate-errors",
                 ],
             }),
         );
