@@ -7,15 +7,17 @@
 //! lifetime. [`Revocations`] holds the list in force on this node and the live
 //! streams that a revocation must end ([`Revocations::watch`]); both sit behind one
 //! lock, so a stream registered while a revocation arrives is either ended by it or
-//! sees it when it registers. Brokers carry revocations to the other nodes (Redis
+//! sees it when it registers. Streams are grouped by subject and by token id: one
+//! signal per group, so an idle stream holds two pointers, not an allocation. Brokers carry revocations to the other nodes (Redis
 //! pub/sub) and keep them where the history is kept (Redis, the disk store): see
 //! [`crate::broker::Broker::revoke`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::auth::Claims;
 use crate::metrics as m;
@@ -115,15 +117,38 @@ pub struct Revocations {
 struct Inner {
     /// In force: when made and until when, by target.
     refused: HashMap<Target, (u64, u64)>,
-    /// Live streams by the targets that would end them.
-    live: HashMap<Target, HashMap<u64, LiveStream>>,
-    next_id: u64,
+    /// The live streams of each target, as a group: one shared signal per target,
+    /// not one per stream (an idle stream holds a pointer, no allocation of its own).
+    live: HashMap<Target, Group>,
 }
 
 #[derive(Debug)]
-struct LiveStream {
-    claims_iat: Option<u64>,
-    ended: CancellationToken,
+struct Group {
+    live: Arc<Live>,
+    /// Streams by the `iat` of their token, to count what a revocation ends.
+    iats: std::collections::BTreeMap<Option<u64>, usize>,
+}
+
+/// The signal the streams of one target wait on.
+#[derive(Debug)]
+struct Live {
+    target: Target,
+    /// Whether the target is a token (`jti`): a revocation ends all its streams.
+    token: bool,
+    /// 0 while nothing ended; else streams of tokens with `iat` below it (or
+    /// without `iat`) are ended (`u64::MAX` for a token's revocation).
+    ended_below: AtomicU64,
+    notify: Notify,
+}
+
+impl Live {
+    fn ends(&self, iat: Option<u64>) -> bool {
+        match self.ended_below.load(Ordering::Acquire) {
+            0 => false,
+            _ if self.token => true,
+            below => iat.is_none_or(|iat| iat < below),
+        }
+    }
 }
 
 impl Revocations {
@@ -162,16 +187,16 @@ impl Revocations {
         entry.1 = entry.1.max(revocation.expires_ms);
         let revoked_secs = entry.0 / 1000;
         let mut ended = 0;
-        if let Some(streams) = inner.live.get(&revocation.target) {
-            let subject = matches!(revocation.target, Target::Subject(_));
-            for stream in streams.values() {
-                if !subject || stream.claims_iat.is_none_or(|iat| iat <= revoked_secs) {
-                    if !stream.ended.is_cancelled() {
-                        ended += 1;
-                    }
-                    stream.ended.cancel();
-                }
-            }
+        if let Some(group) = inner.live.get(&revocation.target) {
+            let below = if group.live.token { u64::MAX } else { revoked_secs + 1 };
+            ended = group
+                .iats
+                .iter()
+                .filter(|(iat, _)| group.live.token || iat.is_none_or(|iat| iat < below))
+                .map(|(_, count)| count)
+                .sum();
+            group.live.ended_below.fetch_max(below, Ordering::AcqRel);
+            group.live.notify.notify_waiters();
         }
         metrics::gauge!(m::REVOCATIONS_ACTIVE).set(inner.refused.len() as f64);
         ended
@@ -196,46 +221,31 @@ impl Revocations {
         tracing::info!(kind = revocation.target.kind(), origin, ended, "revocation in force");
     }
 
-    /// Registers a live stream of a token with `claims`: the returned watch is
-    /// cancelled when a revocation refuses the token (at once, if one already does).
+    /// Registers a live stream of a token with `claims`: the returned watch ends
+    /// when a revocation refuses the token (at once, if one already does).
     pub fn watch(self: &Arc<Self>, claims: &Claims) -> Watch {
-        let ended = CancellationToken::new();
-        let targets: Vec<Target> = [
-            claims.sub.clone().map(Target::Subject),
-            claims.jti.clone().map(Target::Token),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if targets.is_empty() {
-            return Watch {
-                revocations: Weak::new(),
-                id: 0,
-                targets,
-                ended,
-            };
+        let mut watch = Watch {
+            revocations: Weak::new(),
+            subject: None,
+            token: None,
+            iat: claims.iat,
+            refused: false,
+        };
+        if claims.sub.is_none() && claims.jti.is_none() {
+            return watch;
         }
         let mut inner = self.lock();
-        if refused_by(&inner, claims, now_ms()) {
-            ended.cancel();
-        }
-        inner.next_id += 1;
-        let id = inner.next_id;
-        for target in &targets {
-            inner.live.entry(target.clone()).or_default().insert(
-                id,
-                LiveStream {
-                    claims_iat: claims.iat,
-                    ended: ended.clone(),
-                },
-            );
-        }
-        Watch {
-            revocations: Arc::downgrade(self),
-            id,
-            targets,
-            ended,
-        }
+        watch.refused = refused_by(&inner, claims, now_ms());
+        watch.revocations = Arc::downgrade(self);
+        watch.subject = claims
+            .sub
+            .as_ref()
+            .map(|sub| join(&mut inner, Target::Subject(sub.clone()), claims.iat));
+        watch.token = claims
+            .jti
+            .as_ref()
+            .map(|jti| join(&mut inner, Target::Token(jti.clone()), claims.iat));
+        watch
     }
 
     /// Forgets revocations past their time.
@@ -254,6 +264,22 @@ impl Revocations {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Adds a stream with `iat` to `target`'s group (made on first use).
+fn join(inner: &mut Inner, target: Target, iat: Option<u64>) -> Arc<Live> {
+    let token = matches!(target, Target::Token(_));
+    let group = inner.live.entry(target.clone()).or_insert_with(|| Group {
+        live: Arc::new(Live {
+            target,
+            token,
+            ended_below: AtomicU64::new(0),
+            notify: Notify::new(),
+        }),
+        iats: std::collections::BTreeMap::new(),
+    });
+    *group.iats.entry(iat).or_default() += 1;
+    Arc::clone(&group.live)
 }
 
 fn refused_by(inner: &Inner, claims: &Claims, now: u64) -> bool {
@@ -276,20 +302,56 @@ fn refused_by(inner: &Inner, claims: &Claims, now: u64) -> bool {
     .any(|revocation| revocation.refuses(claims))
 }
 
-/// A live stream's registration; cancelled when its token is revoked, removed
-/// when dropped.
+/// A live stream's registration: [`Watch::ended`] resolves when its token is
+/// revoked; dropping it leaves the groups.
 #[derive(Debug)]
 pub struct Watch {
     revocations: Weak<Revocations>,
-    id: u64,
-    targets: Vec<Target>,
-    ended: CancellationToken,
+    subject: Option<Arc<Live>>,
+    token: Option<Arc<Live>>,
+    iat: Option<u64>,
+    /// A revocation refused the token when the stream registered.
+    refused: bool,
 }
 
 impl Watch {
-    /// Cancelled when a revocation refuses the stream's token.
-    pub fn ended(&self) -> &CancellationToken {
-        &self.ended
+    /// Whether a revocation ended this stream.
+    pub fn is_ended(&self) -> bool {
+        self.refused
+            || [&self.subject, &self.token]
+                .into_iter()
+                .flatten()
+                .any(|live| live.ends(self.iat))
+    }
+
+    /// Resolves once a revocation ends this stream.
+    pub async fn ended(&self) {
+        loop {
+            // Registered before the check: a revocation in between still wakes it.
+            let subject = self.subject.as_ref().map(|live| live.notify.notified());
+            let token = self.token.as_ref().map(|live| live.notify.notified());
+            if self.is_ended() {
+                return;
+            }
+            match (subject, token) {
+                (Some(subject), Some(token)) => {
+                    tokio::select! {
+                        () = subject => {}
+                        () = token => {}
+                    }
+                }
+                (Some(one), None) | (None, Some(one)) => one.await,
+                (None, None) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// The token's `sub`, when it has one.
+    pub fn subject(&self) -> Option<&str> {
+        match self.subject.as_deref().map(|live| &live.target) {
+            Some(Target::Subject(sub)) => Some(sub),
+            _ => None,
+        }
     }
 }
 
@@ -299,12 +361,19 @@ impl Drop for Watch {
             return;
         };
         let mut inner = revocations.lock();
-        for target in &self.targets {
-            if let Some(streams) = inner.live.get_mut(target) {
-                streams.remove(&self.id);
-                if streams.is_empty() {
-                    inner.live.remove(target);
+        for live in [self.subject.take(), self.token.take()].into_iter().flatten() {
+            let target = &live.target;
+            let Some(group) = inner.live.get_mut(target) else {
+                continue;
+            };
+            if let Some(count) = group.iats.get_mut(&self.iat) {
+                *count -= 1;
+                if *count == 0 {
+                    group.iats.remove(&self.iat);
                 }
+            }
+            if group.iats.is_empty() {
+                inner.live.remove(target);
             }
         }
     }
@@ -362,23 +431,36 @@ mod tests {
             revocations.apply(&revocation(Target::Subject("alice".to_owned()), now_ms())),
             1
         );
-        assert!(old.ended().is_cancelled());
-        assert!(!fresh.ended().is_cancelled());
-        assert!(!other.ended().is_cancelled());
+        assert!(old.is_ended());
+        assert!(!fresh.is_ended());
+        assert!(!other.is_ended());
         assert_eq!(
             revocations.apply(&revocation(Target::Token("b".to_owned()), now_ms())),
             1
         );
-        assert!(fresh.ended().is_cancelled());
+        assert!(fresh.is_ended());
         drop((old, fresh, other));
         assert!(revocations.lock().live.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_by_its_revocation() {
+        let revocations = Revocations::new();
+        let watch = revocations.watch(&claims("dana", None, Some(1)));
+        let waiting = tokio::spawn(async move { watch.ended().await });
+        tokio::task::yield_now().await;
+        revocations.apply(&revocation(Target::Subject("dana".to_owned()), now_ms()));
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 
     #[test]
     fn a_stream_registered_after_a_revocation_ends_at_once() {
         let revocations = Revocations::new();
         revocations.apply(&revocation(Target::Subject("alice".to_owned()), now_ms()));
-        assert!(revocations.watch(&claims("alice", None, None)).ended().is_cancelled());
+        assert!(revocations.watch(&claims("alice", None, None)).is_ended());
     }
 
     #[test]

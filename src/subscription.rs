@@ -62,8 +62,6 @@ pub struct Parts {
     pub expiry_warning: Option<(SystemTime, u64)>,
     /// Ends the stream when the token is revoked.
     pub revoked: Option<Watch>,
-    /// The token's `sub`, for the log line when the stream ends.
-    pub sub: Option<Box<str>>,
     /// Cancelled at shutdown.
     pub shutdown: CancellationToken,
     pub timing: StreamTiming,
@@ -109,7 +107,6 @@ pub struct Subscription {
     /// Until the expiry warning, and the `exp` it names.
     warning: Option<(Pin<Box<Sleep>>, u64)>,
     revoked: Option<Watch>,
-    sub: Option<Box<str>>,
     opened: Instant,
     shutdown: CancellationToken,
     ended: Option<EndReason>,
@@ -139,7 +136,6 @@ impl Subscription {
             close_at,
             expiry_warning,
             revoked,
-            sub,
             shutdown,
             timing,
             slots,
@@ -173,7 +169,6 @@ impl Subscription {
             expiry: close_at.map(sleep_until_system_time),
             warning,
             revoked,
-            sub,
             opened: Instant::now(),
             shutdown,
             ended: None,
@@ -308,7 +303,7 @@ impl Subscription {
         tracing::info!(
             target: "access",
             reason = reason.label(),
-            subject = self.sub.as_deref().unwrap_or("-"),
+            subject = self.revoked.as_ref().and_then(Watch::subject).unwrap_or("-"),
             streams = self.attachment.patterns().len(),
             duration_s = self.opened.elapsed().as_secs_f64(),
             "event stream ended"
@@ -381,7 +376,7 @@ async fn until_warning(warning: &mut Option<(Pin<Box<Sleep>>, u64)>) -> u64 {
 
 async fn until_revoked(watch: Option<&Watch>) {
     match watch {
-        Some(watch) => watch.ended().cancelled().await,
+        Some(watch) => watch.ended().await,
         None => std::future::pending().await,
     }
 }

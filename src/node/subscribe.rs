@@ -131,7 +131,6 @@ impl Node {
             close_at: request.close_at,
             expiry_warning,
             revoked: request.token.map(|claims| self.revocations.watch(claims)),
-            sub: request.token.and_then(|claims| claims.sub.as_deref()).map(Box::from),
             shutdown: self.shutdown.token().clone(),
             timing: self.settings.timing,
             slots: Slots { connection, subject },
