@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sse_gateway::event::{DataKind, EventId, EventType, Frame};
+use sse_gateway::event::{DataKind, EventId, EventType};
+use sse_gateway::frame::Frame;
 use sse_gateway::sse;
 use sse_gateway::stream::{StreamName, StreamPattern, StreamRegistry};
 use tokio_util::sync::CancellationToken;

@@ -10,12 +10,8 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-
-use crate::sse;
 use crate::stream::StreamName;
 
 /// Bits of an id below the millisecond timestamp.
@@ -256,74 +252,6 @@ impl NewEvent {
             data: data.into(),
             kind: DataKind::Text,
         }
-    }
-}
-
-/// One event (or notice) encoded once for every subscriber: the SSE record, and
-/// its envelope (`envelope=1`) encoded the first time a subscriber needs it.
-#[derive(Debug)]
-pub struct Frame {
-    pub id: EventId,
-    /// When the backend accepted the event; feeds the publish-to-write histogram.
-    pub published_at: Instant,
-    /// The complete SSE record, ending with the blank line.
-    pub bytes: Bytes,
-    /// The event's stream and data kind; `None` for notices, which are the same
-    /// with or without envelopes.
-    origin: Option<(StreamName, DataKind)>,
-    envelope: OnceLock<Bytes>,
-}
-
-impl Frame {
-    /// Encodes an event.
-    pub fn event(id: EventId, published_at: Instant, event: &NewEvent) -> Self {
-        let envelope = OnceLock::new();
-        // The SSE record keeps data only up to line endings (CR becomes LF on the
-        // client), so an envelope of text with a CR is made now, from the data; any
-        // other envelope is made from the record when first needed.
-        if event.kind == DataKind::Text && event.data.contains('\r') {
-            let _ = envelope.set(sse::encode_envelope(
-                id,
-                &event.stream,
-                event.event_type.as_ref().map(EventType::as_str),
-                &event.data,
-                event.kind,
-            ));
-        }
-        Self {
-            id,
-            published_at,
-            bytes: sse::encode_event(id, event.event_type.as_ref(), &event.data),
-            origin: Some((event.stream.clone(), event.kind)),
-            envelope,
-        }
-    }
-
-    /// A frame that is not an event (a gap notice): the same bytes for every
-    /// subscriber.
-    pub fn notice(id: EventId, bytes: Bytes) -> Self {
-        Self {
-            id,
-            published_at: Instant::now(),
-            bytes,
-            origin: None,
-            envelope: OnceLock::new(),
-        }
-    }
-
-    /// The event's stream; `None` for a notice.
-    pub fn stream(&self) -> Option<&StreamName> {
-        self.origin.as_ref().map(|(stream, _)| stream)
-    }
-
-    /// The record an `envelope=1` subscriber receives: data wrapped as
-    /// `{"stream","event","data"}`; a notice unchanged. Encoded once per frame.
-    pub fn enveloped(&self) -> &Bytes {
-        let Some((stream, kind)) = &self.origin else {
-            return &self.bytes;
-        };
-        self.envelope
-            .get_or_init(|| sse::envelope_record(&self.bytes, stream, *kind))
     }
 }
 

@@ -10,7 +10,8 @@
 
 use std::sync::Arc;
 
-use crate::event::{EventId, Frame};
+use crate::event::EventId;
+use crate::frame::Frame;
 use crate::metrics as m;
 use crate::sse;
 use crate::stream::{StreamName, StreamPattern, StreamRegistry};

@@ -5,7 +5,7 @@
 //! [`event::NewEvent`]s and calls [`node::Node::publish`] once: draining check,
 //! permission, sizes, rate limit, replay keys, then [`broker::Broker::publish`]
 //! assigns ids and appends to history, and the broker pushes each once-encoded
-//! [`event::Frame`] into the local [`stream::StreamRegistry`] in id order → every
+//! [`frame::Frame`] into the local [`stream::StreamRegistry`] in id order → every
 //! subscriber's bounded queue; metrics and pacing, then the reply.
 //!
 //! **Subscribe:** `GET /events` → [`api::subscribe`] authenticates and parses →
@@ -36,6 +36,7 @@
 //! - [`history`]: history reads and the gap logic.
 //! - [`stream`]: stream names, replay buffers, the local fan-out registry.
 //! - [`event`]: events, ids and the id-ordering contract.
+//! - [`frame`]: an event encoded once (record and envelope) for every subscriber.
 //! - [`body`]: publish bodies (JSON, form) parsed into events.
 //! - [`limits`]: connection, subject, rate and body-budget limits.
 //! - [`idempotency`]: replies remembered by key.
@@ -63,6 +64,7 @@ pub mod connection;
 pub mod demo;
 pub mod error;
 pub mod event;
+pub mod frame;
 pub mod history;
 pub mod idempotency;
 pub mod ingest;

@@ -22,7 +22,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{EventId, Frame};
+use crate::event::EventId;
+use crate::frame::Frame;
 use crate::history::Replay;
 use crate::limits::Slots;
 use crate::metrics as m;

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::broker::Position;
-use crate::event::{EventId, Frame, NewEvent};
+use crate::event::{EventId, NewEvent};
+use crate::frame::Frame;
 use crate::history::{HistoryRead, StreamHistory};
 use crate::metrics as m;
 use crate::stream::{ReplayBuffer, StreamName, StreamPattern};

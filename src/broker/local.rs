@@ -24,7 +24,8 @@ use super::disk::{self, DataDir, Journal, RevocationStore, Staged, StagedKey, St
 use super::held::{Bounds, Evicted, HeldHistory};
 use super::{Broker, BrokerError, Position, Published};
 use crate::config::Config;
-use crate::event::{EventId, Frame, IdClock, NewEvent, unix_millis};
+use crate::event::{EventId, IdClock, NewEvent, unix_millis};
+use crate::frame::Frame;
 use crate::history::HistoryRead;
 use crate::idempotency::{Claim, ClaimGuard, IdempotencyCache, IdempotencyKey};
 use crate::revocation::{Revocation, Revocations, now_ms};

@@ -43,7 +43,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{BackendKind, Config};
-use crate::event::{EventId, Frame, NewEvent};
+use crate::event::{EventId, NewEvent};
+use crate::frame::Frame;
 use crate::history::HistoryRead;
 use crate::idempotency::IdempotencyKey;
 use crate::revocation::{Revocation, Revocations};

@@ -20,7 +20,7 @@ use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::Frame;
+use crate::frame::Frame;
 use crate::metrics as m;
 use crate::stream::{StreamName, StreamPattern};
 

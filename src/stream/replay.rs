@@ -8,7 +8,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::event::{EventId, Frame};
+use crate::event::EventId;
+use crate::frame::Frame;
 
 /// An id-ordered history of one stream.
 #[derive(Debug)]

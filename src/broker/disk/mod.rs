@@ -21,7 +21,8 @@ use tokio::sync::oneshot;
 
 use super::BrokerError;
 use super::held::Evicted;
-use crate::event::{EventId, Frame};
+use crate::event::EventId;
+use crate::frame::Frame;
 use crate::idempotency::ClaimGuard;
 use crate::stream::StreamName;
 

@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Broker, BrokerError, Position, Published};
 use crate::config::{Config, RedisConfig};
-use crate::event::{DataKind, EventId, EventType, Frame, NewEvent};
+use crate::event::{DataKind, EventId, EventType, NewEvent};
+use crate::frame::Frame;
 use crate::history::HistoryRead;
 use crate::idempotency::IdempotencyKey;
 use crate::revocation::{Revocation, Revocations};
@@ -168,6 +169,17 @@ struct Shared {
 }
 
 impl Shared {
+    /// A connection to write through. Not verified: refuse without sending, so the
+    /// answer is a clean "not stored" (503) rather than "outcome unknown" (504).
+    fn writing_connection(&self) -> Result<redis::aio::MultiplexedConnection, BrokerError> {
+        if !self.commands_ok.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable(
+                "not connected to a verified Redis master".to_owned(),
+            ));
+        }
+        self.connections.get()
+    }
+
     fn unavailable(error: &redis::RedisError) -> BrokerError {
         BrokerError::Unavailable(format!("redis: {error}"))
     }
@@ -360,14 +372,7 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     async fn publish(&self, events: Vec<NewEvent>, key: Option<&IdempotencyKey>) -> Result<Published, BrokerError> {
         let shared = &self.shared;
-        // Not verified: refuse without sending, so the answer is a clean "not
-        // stored" (503) rather than "outcome unknown" (504).
-        if !shared.commands_ok.load(Ordering::Acquire) {
-            return Err(BrokerError::Unavailable(
-                "not connected to a verified Redis master".to_owned(),
-            ));
-        }
-        let mut connection = shared.connections.get()?;
+        let mut connection = shared.writing_connection()?;
         let mut invocation = shared.publish_script.prepare_invoke();
         invocation
             .key(shared.keys.meta())
@@ -443,12 +448,7 @@ impl Broker for RedisBroker {
 
     async fn revoke(&self, revocation: &Revocation) -> Result<(), BrokerError> {
         let shared = &self.shared;
-        if !shared.commands_ok.load(Ordering::Acquire) {
-            return Err(BrokerError::Unavailable(
-                "not connected to a verified Redis master".to_owned(),
-            ));
-        }
-        let mut connection = shared.connections.get()?;
+        let mut connection = shared.writing_connection()?;
         let mut invocation = shared.revoke_script.prepare_invoke();
         invocation
             .key(shared.keys.revoked())

@@ -8,7 +8,8 @@ use redis::Value;
 
 use super::id_from_redis;
 use crate::broker::{BrokerError, Position};
-use crate::event::{DataKind, EventId, EventType, Frame, NewEvent};
+use crate::event::{DataKind, EventId, EventType, NewEvent};
+use crate::frame::Frame;
 use crate::history::{HistoryRead, StreamHistory as StreamRead};
 use crate::stream::StreamName;
 
