@@ -9,10 +9,8 @@
 //! expires it sends one `token-expiring` event (no `id:`), at connect when the
 //! token is already that close to its end.
 //!
-//! Frames are the once-encoded `Bytes` shared by all subscribers, and they are
-//! written as they are: a replay or a burst hands the held frames to the writer
-//! without copying them (the lean HTTP/1 path gathers what is ready, up to
-//! [`MAX_CHUNK_BYTES`] a step, into one vectored write; hyper queues them likewise).
+//! Frames are the once-encoded `Bytes` shared by all subscribers. When a subscriber
+//! is behind, pending frames are coalesced into one write of up to [`MAX_CHUNK_BYTES`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -33,7 +31,7 @@ use crate::revocation::Watch;
 use crate::sse;
 use crate::stream::{Attachment, QueueReceiver};
 
-/// Most bytes of frames gathered in one step (one vectored write).
+/// Largest single write assembled from pending frames.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The reconnection delay sent as the last line of a revoked stream: the token is
@@ -183,49 +181,19 @@ impl Subscription {
         }
     }
 
-    /// The response body: every frame this subscription writes, until it ends, as
-    /// the shared bytes themselves (no copy); the writer gathers what is ready into
-    /// one vectored write.
+    /// The response body: every chunk this subscription writes, until it ends.
     pub fn into_body(self) -> Body {
-        let frames = futures::stream::unfold(
-            (self, Vec::new().into_iter()),
-            |(mut subscription, mut pending)| async move {
-                if let Some(bytes) = pending.next() {
-                    return Some((Ok::<_, Infallible>(bytes), (subscription, pending)));
-                }
-                match subscription.next_parts().await? {
-                    Chunk::One(bytes) => Some((Ok(bytes), (subscription, pending))),
-                    Chunk::Many(parts) => {
-                        let mut parts = parts.into_iter();
-                        let first = parts.next()?;
-                        Some((Ok(first), (subscription, parts)))
-                    }
-                }
-            },
-        );
-        Body::from_stream(frames)
+        let chunks = futures::stream::unfold(self, |mut subscription| async move {
+            let chunk = subscription.next_chunk().await?;
+            Some((Ok::<_, Infallible>(chunk), subscription))
+        });
+        Body::from_stream(chunks)
     }
 
-    /// The next bytes to write joined into one buffer (a copy: for tests and tools;
-    /// the response body hands the parts over as they are), or `None` once the
-    /// stream has ended.
+    /// The next bytes to write, or `None` once the stream has ended.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
-        Some(match self.next_parts().await? {
-            Chunk::One(bytes) => bytes,
-            Chunk::Many(parts) => {
-                let mut joined = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-                for part in &parts {
-                    joined.extend_from_slice(part);
-                }
-                joined.freeze()
-            }
-        })
-    }
-
-    /// The next frames to write, or `None` once the stream has ended.
-    async fn next_parts(&mut self) -> Option<Chunk> {
         if let Some(opening) = self.opening.take() {
-            return Some(Chunk::One(opening));
+            return Some(opening);
         }
         if self.ended.is_some() {
             return None;
@@ -236,33 +204,31 @@ impl Subscription {
         loop {
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return self.end(EndReason::Shutdown).map(Chunk::One),
-                () = self.attachment.queue().overflowed().cancelled() => {
-                    return self.end(EndReason::SlowConsumer).map(Chunk::One);
-                }
-                () = until_revoked(self.revoked.as_ref()) => return self.end(EndReason::Revoked).map(Chunk::One),
-                () = until_expiry(&mut self.expiry) => return self.end(EndReason::TokenExpired).map(Chunk::One),
+                () = self.shutdown.cancelled() => return self.end(EndReason::Shutdown),
+                () = self.attachment.queue().overflowed().cancelled() => return self.end(EndReason::SlowConsumer),
+                () = until_revoked(self.revoked.as_ref()) => return self.end(EndReason::Revoked),
+                () = until_expiry(&mut self.expiry) => return self.end(EndReason::TokenExpired),
                 exp = until_warning(&mut self.warning) => {
                     self.warning = None;
                     metrics::counter!(m::EXPIRY_WARNINGS).increment(1);
-                    return Some(Chunk::One(sse::encode_expiry_warning(exp)));
+                    return Some(sse::encode_expiry_warning(exp));
                 }
                 frame = self.receiver.recv() => {
                     // `None` only after every stream dropped this queue, i.e. overflow.
-                    let Some(frame) = frame else { return self.end(EndReason::SlowConsumer).map(Chunk::One) };
+                    let Some(frame) = frame else { return self.end(EndReason::SlowConsumer) };
                     if let Some(chunk) = self.next_live_chunk(frame) {
                         return Some(chunk);
                     }
                     if self.attachment.queue().overflowed().is_cancelled() {
-                        return self.end(EndReason::SlowConsumer).map(Chunk::One);
+                        return self.end(EndReason::SlowConsumer);
                     }
                 }
-                _ = self.heartbeat.tick() => return Some(Chunk::One(sse::HEARTBEAT)),
+                _ = self.heartbeat.tick() => return Some(sse::HEARTBEAT),
             }
         }
     }
 
-    fn next_replay_chunk(&mut self) -> Option<Chunk> {
+    fn next_replay_chunk(&mut self) -> Option<Bytes> {
         let replay = self.replay.as_mut()?;
         let mut chunk = ChunkBuilder::default();
         while chunk.len() < MAX_CHUNK_BYTES {
@@ -282,7 +248,7 @@ impl Subscription {
     /// Returns `None` when nothing is left to write, or the queue overflowed: a frame
     /// dequeued after an overflow may be newer than the one that was lost, so it
     /// must not be written.
-    fn next_live_chunk(&mut self, first: Arc<Frame>) -> Option<Chunk> {
+    fn next_live_chunk(&mut self, first: Arc<Frame>) -> Option<Bytes> {
         let mut chunk = ChunkBuilder::default();
         let mut oldest: Option<Instant> = None;
         let mut next = Some(first);
@@ -360,48 +326,37 @@ fn bytes_of(frame: &Frame, envelope: bool) -> &Bytes {
     if envelope { frame.enveloped() } else { &frame.bytes }
 }
 
-/// What one step of a subscription writes: usually one frame; after a burst (a
-/// replay, a queue with several frames) several, handed over as the shared bytes
-/// they are (no copy, no allocation for the single frame).
-#[derive(Debug)]
-enum Chunk {
-    One(Bytes),
-    Many(Vec<Bytes>),
-}
-
-/// Gathers frames for one step, up to [`MAX_CHUNK_BYTES`].
+/// Joins frames into one write without copying when there is only one.
 #[derive(Default)]
 struct ChunkBuilder {
     single: Option<Bytes>,
-    many: Vec<Bytes>,
-    len: usize,
+    joined: Option<BytesMut>,
     frames: u64,
 }
 
 impl ChunkBuilder {
     fn push(&mut self, bytes: &Bytes) {
         self.frames += 1;
-        self.len += bytes.len();
-        match self.single.take() {
-            Some(single) => {
-                self.many.push(single);
-                self.many.push(bytes.clone());
-            }
-            None if self.many.is_empty() => self.single = Some(bytes.clone()),
-            None => self.many.push(bytes.clone()),
+        if let Some(joined) = &mut self.joined {
+            joined.extend_from_slice(bytes);
+        } else if let Some(single) = self.single.take() {
+            let mut joined = BytesMut::with_capacity(single.len() + bytes.len());
+            joined.extend_from_slice(&single);
+            joined.extend_from_slice(bytes);
+            self.joined = Some(joined);
+        } else {
+            self.single = Some(bytes.clone());
         }
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.joined
+            .as_ref()
+            .map_or_else(|| self.single.as_ref().map_or(0, Bytes::len), BytesMut::len)
     }
 
-    fn finish(self) -> Option<Chunk> {
-        match self.single {
-            Some(single) => Some(Chunk::One(single)),
-            None if self.many.is_empty() => None,
-            None => Some(Chunk::Many(self.many)),
-        }
+    fn finish(self) -> Option<Bytes> {
+        self.joined.map(BytesMut::freeze).or(self.single)
     }
 }
 

@@ -22,7 +22,6 @@ use axum::body::Body;
 use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use bytes::{Buf, Bytes, BytesMut};
-use futures::FutureExt as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -234,42 +233,12 @@ async fn write_response(
                 Some(Err(error)) => return Err(io::Error::other(error)),
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
-                    // Whatever else is ready goes out in the same write: the shared
-                    // frames themselves, not a copy of them (and no allocation when
-                    // only one frame is ready, the common case of a live event).
-                    let mut parts: Vec<Bytes> = Vec::new();
-                    let mut ended = false;
-                    let mut size = data.len();
-                    while parts.len() < MAX_PARTS_PER_WRITE && size < MAX_BYTES_PER_WRITE {
-                        match body.frame().now_or_never() {
-                            Some(Some(Ok(frame))) => {
-                                if let Ok(more) = frame.into_data() {
-                                    size += more.len();
-                                    if parts.is_empty() {
-                                        parts.reserve(16);
-                                        parts.push(data.clone());
-                                    }
-                                    parts.push(more);
-                                }
-                            }
-                            Some(Some(Err(error))) => return Err(io::Error::other(error)),
-                            Some(None) => {
-                                ended = true;
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    let parts = if parts.is_empty() { std::slice::from_ref(&data) } else { &parts[..] };
                     // A client that stops reading must not hold this write forever:
                     // the overflow that follows cancels `closed`.
                     tokio::select! {
                         biased;
                         () = &mut closed => return Ok(()),
-                        written = write_chunk(stream, parts) => written?,
-                    }
-                    if ended {
-                        return stream.write_all(b"0\r\n\r\n").await;
+                        written = write_chunk(stream, &data) => written?,
                     }
                 }
             },
@@ -277,47 +246,36 @@ async fn write_response(
     }
 }
 
-/// Frames a write gathers at most (well under `IOV_MAX`).
-const MAX_PARTS_PER_WRITE: usize = 256;
-
-/// Bytes a write gathers at most.
-const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
-
-/// One chunk (`<hex size>\r\n<parts…>\r\n`) in one vectored write when the socket
-/// takes it; the parts are written from where they are (no copy).
-async fn write_chunk(stream: &mut TcpStream, parts: &[Bytes]) -> io::Result<()> {
-    let total: usize = parts.iter().map(Bytes::len).sum();
-    if total == 0 {
+/// One chunk (`<hex size>\r\n<data>\r\n`) in one vectored write when the socket takes it.
+async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
+    if data.is_empty() {
         return Ok(());
     }
     let mut size_line = [0_u8; 20];
     let size_len = {
         let mut cursor = io::Cursor::new(&mut size_line[..]);
-        write!(cursor, "{total:x}\r\n")?;
+        write!(cursor, "{:x}\r\n", data.len())?;
         cursor.position() as usize
     };
-    let (size_line, end) = (&size_line[..size_len], b"\r\n".as_slice());
-    if let [part] = parts {
-        let mut slices = [IoSlice::new(size_line), IoSlice::new(part), IoSlice::new(end)];
-        return write_all_vectored(stream, &mut slices).await;
+    let parts: [&[u8]; 3] = [&size_line[..size_len], data, b"\r\n"];
+    let total: usize = parts.iter().map(|part| part.len()).sum();
+    let mut written = stream
+        .write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1]), IoSlice::new(parts[2])])
+        .await?;
+    if written == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
     }
-    let mut slices = Vec::with_capacity(parts.len() + 2);
-    slices.push(IoSlice::new(size_line));
-    slices.extend(parts.iter().map(|part| IoSlice::new(part)));
-    slices.push(IoSlice::new(end));
-    write_all_vectored(stream, &mut slices).await
-}
-
-/// Writes every slice, in as few vectored writes as the socket allows.
-async fn write_all_vectored(stream: &mut TcpStream, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    let mut remaining = slices;
-    while !remaining.is_empty() {
-        let written = stream.write_vectored(remaining).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+    if written == total {
+        return Ok(());
+    }
+    // The socket buffer filled mid-chunk: finish it piece by piece.
+    for part in parts {
+        if written >= part.len() {
+            written -= part.len();
+            continue;
         }
-        // The socket buffer filled mid-chunk: go on from where it stopped.
-        IoSlice::advance_slices(&mut remaining, written);
+        stream.write_all(&part[written..]).await?;
+        written = 0;
     }
     Ok(())
 }
