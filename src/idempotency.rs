@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::event::EventId;
+use crate::event::{EventId, EventType, NewEvent};
 
 /// The request a key was first used with.
 pub type Fingerprint = [u8; 32];
@@ -32,6 +32,19 @@ pub fn fingerprint(parts: &[&[u8]]) -> Fingerprint {
         hasher.update(part);
     }
     hasher.finalize().into()
+}
+
+/// The fingerprint of a publication: `kind` (how the request was shaped) and each
+/// event's stream, type and data. A retry must match it to be answered.
+pub fn events_fingerprint(kind: &[u8], events: &[NewEvent]) -> Fingerprint {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 3 * events.len());
+    parts.push(kind);
+    for event in events {
+        parts.push(event.stream.as_str().as_bytes());
+        parts.push(event.event_type.as_ref().map_or("", EventType::as_str).as_bytes());
+        parts.push(event.data.as_bytes());
+    }
+    fingerprint(&parts)
 }
 
 /// A key that makes a repeated publish answer the first one's ids.

@@ -12,8 +12,8 @@ use super::{authenticate, read_body};
 use crate::auth::extract::TokenSources;
 use crate::body::{PublishBody, parse_body};
 use crate::error::ApiError;
-use crate::event::{EventType, NewEvent};
-use crate::idempotency::{IdempotencyKey, fingerprint};
+use crate::event::NewEvent;
+use crate::idempotency::{IdempotencyKey, events_fingerprint};
 use crate::metrics as m;
 use crate::node::{Allowed, Publication, Publisher, Source};
 use crate::state::AppState;
@@ -89,15 +89,10 @@ fn idempotency_key(
             "Idempotency-Key must be 1 to 255 visible ASCII characters".to_owned(),
         ));
     }
-    let mut parts: Vec<&[u8]> = vec![if is_batch { b"batch" } else { b"single" }];
-    for event in events {
-        parts.push(event.stream.as_str().as_bytes());
-        parts.push(event.event_type.as_ref().map_or("", EventType::as_str).as_bytes());
-        parts.push(event.data.as_bytes());
-    }
+    let kind: &[u8] = if is_batch { b"batch" } else { b"single" };
     Ok(Some(IdempotencyKey {
         key: format!("publish\n{subject}\n{}", String::from_utf8_lossy(key)),
-        fingerprint: fingerprint(&parts),
+        fingerprint: events_fingerprint(kind, events),
         ttl: state.config.publish.idempotency_window,
     }))
 }

@@ -37,7 +37,7 @@ use super::{Ingest, IngestStatus, Refused};
 use crate::body::{BodyError, parse_json};
 use crate::config::{AmqpBody, AmqpConfig};
 use crate::event::{DataKind, EventType, NewEvent};
-use crate::idempotency::{IdempotencyKey, fingerprint};
+use crate::idempotency::{IdempotencyKey, events_fingerprint};
 use crate::metrics as m;
 use crate::node::{Node, Source};
 use crate::stream::StreamName;
@@ -254,16 +254,9 @@ fn events_of(config: &AmqpConfig, delivery: &lapin::message::Delivery) -> Result
 /// The publication's idempotency key: the queue and the message id, bound to the
 /// events (a different message with a reused id is refused, not swallowed).
 fn idempotency_key(queue: &str, message_id: &str, events: &[NewEvent], window: Duration) -> IdempotencyKey {
-    let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 3 * events.len());
-    parts.push(b"amqp");
-    for event in events {
-        parts.push(event.stream.as_str().as_bytes());
-        parts.push(event.event_type.as_ref().map_or("", EventType::as_str).as_bytes());
-        parts.push(event.data.as_bytes());
-    }
     IdempotencyKey {
         key: format!("amqp\n{queue}\n{message_id}"),
-        fingerprint: fingerprint(&parts),
+        fingerprint: events_fingerprint(b"amqp", events),
         ttl: window,
     }
 }
