@@ -33,7 +33,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, IngestStatus, Refused};
+use super::{Ingest, IngestStatus};
 use crate::body::{BodyError, parse_json};
 use crate::config::{AmqpBody, AmqpConfig};
 use crate::event::{DataKind, EventType, NewEvent};
@@ -167,7 +167,6 @@ async fn session(
             Verdict::Ack => delivery.ack(BasicAckOptions::default()).await?,
             Verdict::Reject => delivery.reject(BasicRejectOptions { requeue: false }).await?,
             Verdict::Requeue => {
-                ingest.count("requeued");
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = tokio::time::sleep(REQUEUE_PAUSE) => {}
@@ -191,16 +190,13 @@ async fn handle(
     delivery: &lapin::message::Delivery,
 ) -> Verdict {
     if delivery.data.len() > limits.max_body_bytes {
-        ingest.count("rejected");
-        metrics::counter!(m::INGEST_REJECTED, "source" => "amqp", "reason" => "payload_too_large").increment(1);
+        ingest.rejected("payload_too_large");
         return Verdict::Reject;
     }
     let events = match events_of(config, delivery) {
         Ok(events) => events,
         Err(error) => {
-            let refused = Refused::Body(error);
-            ingest.count("rejected");
-            ingest.refused(&refused);
+            ingest.rejected(error.reason());
             return Verdict::Reject;
         }
     };
@@ -211,16 +207,15 @@ async fn handle(
         .map(|id| idempotency_key(&config.queue, id.as_str(), &events, limits.idempotency_window));
     match ingest.publish(events, idempotency).await {
         Ok(_) => {
-            ingest.count("published");
+            ingest.published();
             Verdict::Ack
         }
         Err(refused) if refused.is_transient() => {
-            ingest.refused(&refused);
+            ingest.requeued(refused.reason());
             Verdict::Requeue
         }
         Err(refused) => {
-            ingest.count("rejected");
-            ingest.refused(&refused);
+            ingest.rejected(refused.reason());
             Verdict::Reject
         }
     }

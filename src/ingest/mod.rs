@@ -12,36 +12,11 @@ pub mod udp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::body::BodyError;
 use crate::event::{EventId, NewEvent};
 use crate::idempotency::IdempotencyKey;
 use crate::metrics as m;
 use crate::node::{Allowed, Node, Publication, PublishError, Publisher, Source};
 use crate::stream::StreamPattern;
-
-/// Why a message was not published.
-#[derive(Debug)]
-pub enum Refused {
-    /// Not a valid publish body.
-    Body(BodyError),
-    /// The node refused it or could not store it.
-    Publish(PublishError),
-}
-
-impl Refused {
-    /// The metric label (a reason of the HTTP error table).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Body(error) => error.reason(),
-            Self::Publish(error) => error.reason(),
-        }
-    }
-
-    /// Whether the same message could be published later.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Publish(error) if error.is_transient())
-    }
-}
 
 /// Who publishes through one ingest path.
 #[derive(Debug, Clone)]
@@ -67,12 +42,12 @@ impl Ingest {
     /// Publishes `events` through the node (all or nothing).
     ///
     /// # Errors
-    /// [`Refused::Publish`] as the node refused; counted by the caller.
+    /// [`PublishError`] as the node refused; counted by the caller.
     pub async fn publish(
         &self,
         events: Vec<NewEvent>,
         idempotency: Option<IdempotencyKey>,
-    ) -> Result<Vec<EventId>, Refused> {
+    ) -> Result<Vec<EventId>, PublishError> {
         let allowed = if self.allowed.is_empty() {
             Allowed::Any
         } else {
@@ -89,18 +64,31 @@ impl Ingest {
                 idempotency,
             })
             .await
-            .map_err(Refused::Publish)
     }
 
-    /// Counts a message that was received.
-    pub fn count(&self, outcome: &'static str) {
+    /// Counts a message that was published.
+    pub fn published(&self) {
+        self.count("published");
+    }
+
+    /// Counts a message refused for good, by reason (a reason of the error table).
+    pub fn rejected(&self, reason: &'static str) {
+        self.count("rejected");
+        self.refused(reason);
+    }
+
+    /// Counts a message returned to its queue because the node could not take it now.
+    pub fn requeued(&self, reason: &'static str) {
+        self.count("requeued");
+        self.refused(reason);
+    }
+
+    fn count(&self, outcome: &'static str) {
         metrics::counter!(m::INGEST_MESSAGES, "source" => self.source.label(), "outcome" => outcome).increment(1);
     }
 
-    /// Counts a refused message by reason.
-    pub fn refused(&self, refused: &Refused) {
-        metrics::counter!(m::INGEST_REJECTED, "source" => self.source.label(), "reason" => refused.reason())
-            .increment(1);
+    fn refused(&self, reason: &'static str) {
+        metrics::counter!(m::INGEST_REJECTED, "source" => self.source.label(), "reason" => reason).increment(1);
     }
 }
 

@@ -16,10 +16,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ingest, Refused};
+use super::Ingest;
 use crate::body::parse_json;
 use crate::config::UdpConfig;
-use crate::metrics as m;
 use crate::node::{Node, Source};
 
 /// Publications from datagrams in flight at once.
@@ -71,14 +70,13 @@ pub async fn listen(
             }
         };
         if length > max_body_bytes {
-            ingest.count("rejected");
-            metrics::counter!(m::INGEST_REJECTED, "source" => "udp", "reason" => "payload_too_large").increment(1);
+            ingest.rejected("payload_too_large");
             continue;
         }
         let events = match parse_json(&buffer[..length]) {
             Ok(body) => body.events,
             Err(error) => {
-                reject(&ingest, &Refused::Body(error));
+                ingest.rejected(error.reason());
                 continue;
             }
         };
@@ -89,14 +87,9 @@ pub async fn listen(
         tokio::spawn(async move {
             let _permit = permit;
             match ingest.publish(events, None).await {
-                Ok(_) => ingest.count("published"),
-                Err(refused) => reject(&ingest, &refused),
+                Ok(_) => ingest.published(),
+                Err(refused) => ingest.rejected(refused.reason()),
             }
         });
     }
-}
-
-fn reject(ingest: &Ingest, refused: &Refused) {
-    ingest.count("rejected");
-    ingest.refused(refused);
 }

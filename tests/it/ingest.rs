@@ -198,6 +198,35 @@ async fn declare_queue(channel: &Channel, name: &str, arguments: FieldTable) {
     channel.queue_declare(name.into(), options, arguments).await.unwrap();
 }
 
+async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind) {
+    channel
+        .exchange_declare(
+            name.into(),
+            kind,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Deletes what a test declared and closes its connection.
+async fn clean_up(connection: Connection, channel: &Channel, queues: &[&str], exchanges: &[&str]) {
+    for queue in queues {
+        channel
+            .queue_delete((*queue).into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    for exchange in exchanges {
+        channel
+            .exchange_delete((*exchange).into(), ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    connection.close(200, "done".into()).await.unwrap();
+}
+
 async fn send(channel: &Channel, queue: &str, body: &[u8], message_id: Option<&str>) {
     let mut properties = BasicProperties::default();
     if let Some(id) = message_id {
@@ -259,11 +288,7 @@ async fn an_amqp_message_reaches_subscribers_with_an_id() {
     assert!(event.id.is_some());
     assert_eq!((event.event.as_str(), event.data.as_str()), ("note", r#"{"x":1}"#));
     assert!(server.metric(r#"sse_events_published_total{source="amqp"}"#).await >= 1.0);
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
+    clean_up(connection, &channel, &[&queue], &[]).await;
 }
 
 #[tokio::test]
@@ -271,15 +296,7 @@ async fn raw_messages_take_their_stream_from_the_routing_key_through_a_declared_
     let queue = unique("sse-it-raw");
     let exchange = unique("sse-it-topic");
     let (connection, channel) = amqp_channel().await;
-    channel
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_exchange(&channel, &exchange, ExchangeKind::Topic).await;
     let mut config = amqp_config(RABBITMQ, &queue);
     config.ingest.amqp.declare = true;
     config.ingest.amqp.exchange = exchange.clone();
@@ -303,15 +320,7 @@ async fn raw_messages_take_their_stream_from_the_routing_key_through_a_declared_
         .unwrap();
     let event = stream.next_event().await;
     assert_eq!((event.event.as_str(), event.data.as_str()), ("tick", "1.0842"));
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    channel
-        .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
+    clean_up(connection, &channel, &[&queue], &[&exchange]).await;
 }
 
 #[tokio::test]
@@ -320,15 +329,7 @@ async fn an_invalid_message_is_dead_lettered_and_the_next_one_goes_through() {
     let dead_exchange = unique("sse-it-dead");
     let dead_queue = unique("sse-it-dead-q");
     let (connection, channel) = amqp_channel().await;
-    channel
-        .exchange_declare(
-            dead_exchange.as_str().into(),
-            ExchangeKind::Fanout,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_exchange(&channel, &dead_exchange, ExchangeKind::Fanout).await;
     declare_queue(&channel, &dead_queue, FieldTable::default()).await;
     channel
         .queue_bind(
@@ -378,17 +379,7 @@ async fn an_invalid_message_is_dead_lettered_and_the_next_one_goes_through() {
             .await
             >= 1.0
     );
-    for name in [&queue, &dead_queue] {
-        channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await
-            .unwrap();
-    }
-    channel
-        .exchange_delete(dead_exchange.as_str().into(), ExchangeDeleteOptions::default())
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
+    clean_up(connection, &channel, &[&queue, &dead_queue], &[&dead_exchange]).await;
 }
 
 #[tokio::test]
@@ -417,11 +408,7 @@ async fn readiness_follows_the_broker_and_consumption_resumes_by_itself() {
     wait_ready(&server, StatusCode::OK).await;
     assert_eq!(stream.next_event().await.data, "while away");
     assert!(server.metric(r#"sse_ingest_reconnects_total{source="amqp"}"#).await >= 1.0);
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
+    clean_up(connection, &channel, &[&queue], &[]).await;
 }
 
 #[tokio::test]
@@ -486,9 +473,5 @@ async fn kill_9_before_the_ack_loses_nothing_and_repeats_nothing() {
     assert_eq!(distinct.len(), payloads.len(), "a message was published twice");
     assert_eq!(distinct, (0..MESSAGES).collect(), "every message once");
     drop(second);
-    channel
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await
-        .unwrap();
-    connection.close(200, "done".into()).await.unwrap();
+    clean_up(connection, &channel, &[&queue], &[]).await;
 }
