@@ -66,6 +66,41 @@ async fn http2_connections_without_streams_are_closed_when_idle() {
 }
 
 #[tokio::test]
+async fn http2_peers_are_pinged_and_dropped_when_they_stop_answering() {
+    let mut config = test_config();
+    config.server.heartbeat_interval = Duration::from_millis(200); // also the ping interval
+    config.server.idle_timeout = Duration::from_secs(600); // not what closes it here
+    let server = TestServer::start(config).await;
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    socket.write_all(H2_PREFACE).await.unwrap();
+    socket.write_all(H2_EMPTY_SETTINGS).await.unwrap();
+    // Frames: 3 bytes length, 1 type, 1 flags, 4 stream id. PING is type 6; a ping
+    // the server starts has no ACK flag (1).
+    let mut received = Vec::new();
+    within("a PING frame from the server", async {
+        loop {
+            let mut at = 0;
+            while received.len() >= at + 9 {
+                let length = usize::from(received[at]) << 16
+                    | usize::from(received[at + 1]) << 8
+                    | usize::from(received[at + 2]);
+                if received[at + 3] == 6 && received[at + 4] & 1 == 0 {
+                    return;
+                }
+                at += 9 + length;
+            }
+            let mut buffer = [0_u8; 1024];
+            let n = socket.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed before any PING");
+            received.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    // Never acknowledged: the connection is given up (a dead peer frees its slot).
+    until_closed(&mut socket, "the server to drop a peer that does not answer pings").await;
+}
+
+#[tokio::test]
 async fn stalled_connections_cannot_lock_anyone_out() {
     let mut config = test_config();
     config.server.max_other_connections = 8;
@@ -158,6 +193,49 @@ async fn the_open_file_limit_is_reported() {
     }
 }
 
+/// Runs the gateway binary through `prlimit --nofile=SOFT:HARD`.
+async fn gateway_with_open_file_limit(dir: &std::path::Path, soft: u32, hard: u32) -> GatewayProcess {
+    let wrapper = dir.join("limited.sh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec prlimit --nofile={soft}:{hard} {BIN} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    GatewayProcess::serve_with(
+        &wrapper,
+        dir,
+        &[
+            ("SSE_GATEWAY_AUTH__HS256_SECRET", SECRET),
+            ("SSE_GATEWAY_DEMO__ENABLED", "false"),
+            ("SSE_GATEWAY_DEMO__PUBLISHER", "false"),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Started with a soft limit of 256 under a hard one of 1,536: the gateway lifts
+    // its own soft limit to the hard one and reports it.
+    let gateway = gateway_with_open_file_limit(dir.path(), 256, 1536).await;
+    let text = reqwest::get(format!("http://{}/metrics", gateway.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(crate::support::server::metric_value(&text, "process_max_fds"), 1536.0);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.child.id())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["1536", "1536"],
+        "soft and hard limit: {open_files}"
+    );
+}
+
 /// CPU seconds the process has used (user + system), from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -170,23 +248,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 async fn out_of_descriptors_the_node_backs_off_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     // The gateway under a hard limit of 64 open files, which it cannot raise.
-    let wrapper = dir.path().join("limited.sh");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nexec prlimit --nofile=64:64 {BIN} \"$@\"\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut gateway = GatewayProcess::serve_with(
-        &wrapper,
-        dir.path(),
-        &[
-            ("SSE_GATEWAY_AUTH__HS256_SECRET", SECRET),
-            ("SSE_GATEWAY_DEMO__ENABLED", "false"),
-            ("SSE_GATEWAY_DEMO__PUBLISHER", "false"),
-        ],
-    )
-    .await;
+    let mut gateway = gateway_with_open_file_limit(dir.path(), 64, 64).await;
     let base = format!("http://{}", gateway.addr);
     let token = crate::support::server::token_with(|claims| {
         claims.subscribe = crate::support::server::patterns(&["*"]);
