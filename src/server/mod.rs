@@ -271,6 +271,8 @@ pub fn raise_open_file_limit() -> Option<u64> {
 }
 
 fn build_state(config: Config) -> Result<AppState, ServerError> {
+    // First: what the node reports while starting (the store's size) is recorded.
+    let metrics = metrics::install_recorder();
     let verifier = Verifier::from_config(&config.auth)?;
     let webhooks = Webhooks::from_config(&config.webhooks.hooks)?;
     let demo_signer = match hs256_secret(&config.auth)? {
@@ -298,7 +300,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         ingest: IngestStatus::new(config.ingest.amqp.enabled && config.ingest.amqp.gates_readiness),
         config: Arc::new(config),
         verifier: Arc::new(verifier),
-        metrics: metrics::install_recorder(),
+        metrics,
         webhooks: Arc::new(webhooks),
         demo_signer,
     })

@@ -355,4 +355,19 @@ async fn disk_metrics_are_exported() {
     .await;
     assert!(crate::support::server::metric_value(&text, "sse_disk_commit_events_sum") >= 1.0);
     assert!(crate::support::server::metric_value(&text, "sse_history_bytes") >= 0.0);
+    // After a restart the store's size is reported before anything is published.
+    drop(gateway);
+    let gateway = disk_gateway(dir.path(), &data, &[]).await;
+    let text = http
+        .get(format!("http://{}/metrics", gateway.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        crate::support::server::metric_value(&text, "sse_disk_bytes") > 0.0,
+        "{text}"
+    );
 }

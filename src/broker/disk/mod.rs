@@ -191,11 +191,18 @@ fn write_loop(
             .collect();
         let newest = stored.last().map(|event| event.id);
         if let Err(error) = dir.commit(&stored, &keys, &evicted, floor) {
-            tracing::error!(%error, "cannot write to the data directory; publishes answer 503");
+            // A write that failed stored nothing (503); a write whose sync failed may
+            // still be read back after a restart, so its outcome is unknown (504).
+            let unsynced = matches!(error, StoreError::Unsynced { .. });
+            tracing::error!(%error, unsynced, "cannot write to the data directory; publishes are refused");
             lock(forgets).absorb(evicted);
             for entry in group {
                 if let Entry::Publish { reply, .. } = entry {
-                    let _ = reply.send(Err(BrokerError::Unavailable(error.to_string())));
+                    let _ = reply.send(Err(if unsynced {
+                        BrokerError::Timeout(error.to_string())
+                    } else {
+                        BrokerError::Unavailable(error.to_string())
+                    }));
                 }
             }
             continue;

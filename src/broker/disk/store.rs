@@ -47,6 +47,9 @@ pub enum StoreError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("data directory {path}: the store failed: {source}")]
     Store { path: PathBuf, source: fjall::Error },
+    /// Written, but the sync failed: the write may or may not survive a crash.
+    #[error("data directory {path}: written but not synced: {source}")]
+    Unsynced { path: PathBuf, source: fjall::Error },
 }
 
 /// One event as stored.
@@ -208,6 +211,8 @@ impl DataDir {
         };
         let opened = dir.read_state()?;
         dir.check_acknowledged(opened.last_id)?;
+        // The size is known from the start, not only after the first commit.
+        metrics::gauge!(m::DISK_BYTES).set(dir.keyspace.disk_space() as f64);
         Ok((dir, opened))
     }
 
@@ -344,7 +349,9 @@ impl DataDir {
     /// (fsync, unless configured off). When this returns `Ok`, they survive a crash.
     ///
     /// # Errors
-    /// [`StoreError`] when the write or the sync failed; nothing is acknowledged.
+    /// [`StoreError`] when the write failed (nothing stored), or
+    /// [`StoreError::Unsynced`] when only the sync failed (the outcome is unknown);
+    /// nothing is acknowledged either way.
     pub fn commit(
         &self,
         events: &[&StoredEvent],
@@ -377,7 +384,10 @@ impl DataDir {
         if self.fsync {
             self.keyspace
                 .persist(PersistMode::SyncAll)
-                .map_err(|error| self.store_error(error))?;
+                .map_err(|source| StoreError::Unsynced {
+                    path: self.path.clone(),
+                    source,
+                })?;
         }
         metrics::histogram!(m::DISK_COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::DISK_COMMIT_EVENTS).record(events.len() as f64);
