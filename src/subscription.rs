@@ -219,7 +219,7 @@ impl Subscription {
                     if let Some(chunk) = self.next_live_chunk(frame) {
                         return Some(chunk);
                     }
-                    if self.attachment.queue().overflowed().is_cancelled() {
+                    if self.attachment.queue().has_overflowed() {
                         return self.end(EndReason::SlowConsumer);
                     }
                 }
@@ -265,7 +265,7 @@ impl Subscription {
             }
             next = self.receiver.try_recv();
         }
-        if self.attachment.queue().overflowed().is_cancelled() {
+        if self.attachment.queue().has_overflowed() {
             return None;
         }
         if let Some(oldest) = oldest {

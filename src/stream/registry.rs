@@ -13,7 +13,7 @@
 //! dequeues afterwards, so the client resumes from the last id it really received.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -40,8 +40,17 @@ pub enum RegistryError {
 pub struct SubscriberQueue {
     id: u64,
     sender: mpsc::UnboundedSender<Arc<Frame>>,
-    queued: Arc<AtomicUsize>,
+    state: Arc<QueueState>,
     overflowed: CancellationToken,
+}
+
+/// What both halves of a queue share: its length, and whether it overflowed (read
+/// for every chunk written, so a plain atomic rather than the token, whose
+/// `is_cancelled` takes a mutex).
+#[derive(Debug, Default)]
+struct QueueState {
+    queued: AtomicUsize,
+    overflowed: AtomicBool,
 }
 
 impl SubscriberQueue {
@@ -50,12 +59,17 @@ impl SubscriberQueue {
         &self.overflowed
     }
 
+    /// Whether a frame for this subscriber did not fit in its queue.
+    pub fn has_overflowed(&self) -> bool {
+        self.state.overflowed.load(Ordering::Acquire)
+    }
+
     /// Offers `frame` to a queue of `capacity`; `false` means the subscriber must be
     /// detached.
     fn offer(&self, frame: &Arc<Frame>, capacity: usize) -> bool {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            if !self.overflowed.is_cancelled() {
+        if self.state.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
+            self.state.queued.fetch_sub(1, Ordering::AcqRel);
+            if !self.state.overflowed.swap(true, Ordering::AcqRel) {
                 self.overflowed.cancel();
                 metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
             }
@@ -70,21 +84,21 @@ impl SubscriberQueue {
 #[derive(Debug)]
 pub struct QueueReceiver {
     receiver: mpsc::UnboundedReceiver<Arc<Frame>>,
-    queued: Arc<AtomicUsize>,
+    state: Arc<QueueState>,
 }
 
 impl QueueReceiver {
     /// The next frame; `None` once every sender is gone.
     pub async fn recv(&mut self) -> Option<Arc<Frame>> {
         let frame = self.receiver.recv().await?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.state.queued.fetch_sub(1, Ordering::AcqRel);
         Some(frame)
     }
 
     /// The next frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Arc<Frame>> {
         let frame = self.receiver.try_recv().ok()?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        self.state.queued.fetch_sub(1, Ordering::AcqRel);
         Some(frame)
     }
 }
@@ -184,14 +198,14 @@ impl StreamRegistry {
     /// is cut off at once, whether or not its response is being polled).
     pub fn new_queue(&self, overflowed: CancellationToken) -> (SubscriberQueue, QueueReceiver) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(QueueState::default());
         let queue = SubscriberQueue {
             id: self.next_subscriber.fetch_add(1, Ordering::Relaxed),
             sender,
-            queued: Arc::clone(&queued),
+            state: Arc::clone(&state),
             overflowed,
         };
-        (queue, QueueReceiver { receiver, queued })
+        (queue, QueueReceiver { receiver, state })
     }
 
     /// Adds `queue` to every one of `patterns`, or to none of them; the returned
@@ -465,8 +479,8 @@ mod tests {
             registry.deliver(&stream, &frame(id));
             assert_eq!(fast_rx.try_recv().unwrap().id, EventId::from_u64(id));
         }
-        assert!(slow.overflowed().is_cancelled());
-        assert!(!fast.overflowed().is_cancelled());
+        assert!(slow.overflowed().is_cancelled() && slow.has_overflowed());
+        assert!(!fast.overflowed().is_cancelled() && !fast.has_overflowed());
         assert_eq!(registry.deliver(&stream, &frame(4)), 1);
     }
 
