@@ -2,10 +2,11 @@
 
 Input lines: `<scenario> <server> <run> RESULT key=value ...`.
 
-    table.py RESULTS [SERVER_A SERVER_B]   (default: gateway nchan)
+    table.py RESULTS [SERVER ...]   (default: gateway nchan)
 
-The first server is the one measured, the second the one compared with (the ratio
-column is A / B).
+A column of medians per server, then a ratio column for every pair of servers in the
+order given (A / B for A before B): with `gateway nchan floor`, gateway / nchan,
+gateway / floor and nchan / floor.
 """
 
 import statistics
@@ -15,6 +16,9 @@ from collections import defaultdict
 ROWS = [
     ("idle", "kib_per_conn", "idle 10,000 subscribers: server RSS per connection (KiB)"),
     ("idle", "connect_ms", "idle 10,000 subscribers: time to open all (ms)"),
+    ("scale", "kib_per_conn", "scale, 19,000 idle subscribers: server RSS per connection (KiB)"),
+    ("scale", "connects_per_s", "scale: subscribers connected per second"),
+    ("scale", "broadcast_ms", "scale: one event to all 19,000, last one has it (ms)"),
     ("fanout-100", "server_cpu_pct", "1 stream x 1,000 subs, 100 ev/s: server CPU (% of a core)"),
     ("fanout-100", "cpu_per_100k", "1 stream x 1,000 subs, 100 ev/s: server CPU per 100k deliveries/s (%)"),
     ("fanout-100", "deliveries_per_s", "1 stream x 1,000 subs, 100 ev/s: deliveries/s achieved"),
@@ -42,6 +46,13 @@ ROWS = [
     ("batch", "deliveries_per_s", "batch publish: deliveries/s"),
     ("storm", "storm_ms", "storm: 5,000 resume after 100 missed, all caught up (ms)"),
     ("storm", "rss_growth_kib", "storm: server RSS growth, peak (KiB)"),
+    ("fanout-100-2w", "server_cpu_pct", "2 workers: 1 stream x 1,000 subs, 100 ev/s: server CPU (% of a core)"),
+    ("fanout-100-2w", "p99_us", "2 workers: 1 stream x 1,000 subs, 100 ev/s: latency p99 (µs)"),
+    ("fanout-max-2w", "deliveries_per_s", "2 workers: 1 stream x 1,000 subs, max: deliveries/s"),
+    ("fanout-max-2w", "p99_us", "2 workers: 1 stream x 1,000 subs, max: latency p99 (µs)"),
+    ("streams-1000-2w", "server_cpu_pct", "2 workers: 1,000 streams x 10 subs, 1,000 ev/s: server CPU (%)"),
+    ("streams-max-2w", "events_per_s", "2 workers: 1,000 streams x 10 subs, max: publishes/s"),
+    ("streams-max-2w", "p99_us", "2 workers: 1,000 streams x 10 subs, max: latency p99 (µs)"),
 ]
 INTEGRITY = ["lost", "duplicated", "out_of_order", "gaps", "resumes", "failed"]
 
@@ -86,31 +97,32 @@ LABELS = {"gateway": "sse-gateway"}
 
 def main():
     values, integrity, runs = load(sys.argv[1])
-    first, second = (sys.argv[2], sys.argv[3]) if len(sys.argv) > 3 else ("gateway", "nchan")
-    names = [LABELS.get(first, first), LABELS.get(second, second)]
+    servers = sys.argv[2:] or ["gateway", "nchan"]
+    pairs = [(a, b) for i, a in enumerate(servers) for b in servers[i + 1 :]]
     median = lambda s, srv, k: statistics.median(values[(s, srv, k)]) if values.get((s, srv, k)) else None
-    print(f"| scenario: figure | {names[0]} | {names[1]} | {first} / {second} |")
-    print("|---|---:|---:|---:|")
+    head = [LABELS.get(s, s) for s in servers] + [f"{a} / {b}" for a, b in pairs]
+    print("| scenario: figure | " + " | ".join(head) + " |")
+    print("|---|" + "---:|" * len(head))
     for scenario, key, label in ROWS:
-        a, b = median(scenario, first, key), median(scenario, second, key)
-        if a is None and b is None:
+        cells = {server: median(scenario, server, key) for server in servers}
+        if all(v is None for v in cells.values()):
             continue
-        ratio = f"{a / b:.2f}" if a is not None and b else "–"
-        print(f"| {label} | {fmt(a)} | {fmt(b)} | {ratio} |")
+        ratios = [f"{cells[a] / cells[b]:.2f}" if cells[a] is not None and cells[b] else "–" for a, b in pairs]
+        print(f"| {label} | " + " | ".join([fmt(cells[s]) for s in servers] + ratios) + " |")
     print()
     print("Integrity, summed over all runs (lost / duplicated / out of order / gap notices / resumes / failed runs):")
     print()
-    print(f"| scenario | runs | {names[0]} | runs | {names[1]} |")
-    print("|---|---:|---|---:|---|")
+    print("| scenario | " + " | ".join(f"runs | {LABELS.get(s, s)}" for s in servers) + " |")
+    print("|---|" + "---:|---|" * len(servers))
     for scenario in dict.fromkeys(s for s, _, _ in ROWS):
         cells = []
-        for server in (first, second):
+        for server in servers:
             if runs.get((scenario, server)):
                 tally = integrity[(scenario, server)]
                 cells += [str(runs[(scenario, server)]), " / ".join(str(tally[k]) for k in INTEGRITY)]
             else:
                 cells += ["–", "–"]
-        if cells[0] != "–" or cells[2] != "–":
+        if any(c != "–" for c in cells):
             print(f"| {scenario} | " + " | ".join(cells) + " |")
 
 

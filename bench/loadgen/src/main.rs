@@ -52,9 +52,10 @@ struct ServerArgs {
     /// Bearer token sent with every request (the gateway needs one).
     #[arg(long, env = "LOADGEN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Server process to read CPU and RSS of (for nginx: the worker).
+    /// Server process to read CPU and RSS of (for nginx: its workers, comma-separated;
+    /// their figures are summed).
     #[arg(long)]
-    pid: Option<u32>,
+    pid: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +69,10 @@ enum Scenario {
         /// Wait this long after the last connection opened before reading memory.
         #[arg(long, default_value = "2s", value_parser = humantime_secs)]
         settle: Duration,
+        /// Then publish one event to the (single) stream and report the time until the
+        /// last subscriber has it.
+        #[arg(long)]
+        broadcast: bool,
     },
     /// Subscribe, publish at a rate (or as fast as possible), check every event.
     Run(Load),
@@ -102,7 +107,7 @@ fn main() -> anyhow::Result<()> {
         publish_addr: cli.server.publish_addr.unwrap_or(cli.server.addr),
         token: cli.server.token.clone(),
     };
-    let pid = cli.server.pid.map(|p| p.to_string());
+    let pid = cli.server.pid.clone();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     LocalSet::new().block_on(&runtime, async move {
         match cli.scenario {
@@ -110,7 +115,8 @@ fn main() -> anyhow::Result<()> {
                 subscribers,
                 streams,
                 settle,
-            } => idle(target, pid.as_deref(), subscribers, streams, settle).await,
+                broadcast,
+            } => idle(target, pid.as_deref(), subscribers, streams, settle, broadcast).await,
             Scenario::Run(load) => {
                 if target.kind == Kind::Nchan && load.batch > 1 {
                     bail!("nchan has no batch publish: use --batch 1");
@@ -173,7 +179,17 @@ async fn open_all(shared: &Rc<Shared>) -> anyhow::Result<(Vec<JoinHandle<()>>, D
     Ok((handles, started.elapsed()))
 }
 
-async fn idle(target: Target, pid: Option<&str>, total: usize, streams: usize, settle: Duration) -> anyhow::Result<()> {
+async fn idle(
+    target: Target,
+    pid: Option<&str>,
+    total: usize,
+    streams: usize,
+    settle: Duration,
+    broadcast: bool,
+) -> anyhow::Result<()> {
+    if broadcast {
+        anyhow::ensure!(streams == 1, "--broadcast publishes to one stream: use --streams 1");
+    }
     let shared = Rc::new(Shared::new(target, streams, total, 1, CONNECT_CONCURRENCY));
     let before = pid.and_then(sample);
     let (_handles, connect_time) = open_all(&shared).await?;
@@ -199,6 +215,42 @@ async fn idle(target: Target, pid: Option<&str>, total: usize, streams: usize, s
     }
     if let Some(me) = me {
         println!("generator RSS           {} KiB", me.rss_kib);
+    }
+    if broadcast {
+        let started = Instant::now();
+        publish_exactly(&shared, 1, 100).await?;
+        shared.expect_published();
+        let all = wait_for(&shared, started + Duration::from_secs(120), |s| {
+            s.caught_up.get() == total
+        })
+        .await;
+        anyhow::ensure!(
+            all,
+            "only {} of {total} subscribers got the broadcast",
+            shared.caught_up.get()
+        );
+        let last = shared
+            .subscribers
+            .borrow()
+            .iter()
+            .filter_map(|s| s.caught_up_at)
+            .max()
+            .unwrap_or_else(Instant::now);
+        let elapsed = last.duration_since(started);
+        let tally = Tally::of(&shared);
+        println!(
+            "broadcast to all        {elapsed:.2?} (lost {}, duplicated {})",
+            tally.lost, tally.duplicated
+        );
+        result += &format!(
+            " broadcast_ms={:.1} connects_per_s={:.0} lost={} duplicated={} out_of_order={} gaps={}",
+            elapsed.as_secs_f64() * 1e3,
+            total as f64 / connect_time.as_secs_f64(),
+            tally.lost,
+            tally.duplicated,
+            tally.out_of_order,
+            tally.gaps
+        );
     }
     println!("{result}");
     Ok(())

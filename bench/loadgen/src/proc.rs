@@ -11,8 +11,23 @@ pub(crate) struct Sample {
     pub(crate) rss_kib: u64,
 }
 
-/// Reads `/proc/<pid>/…` (`"self"` for this process).
-pub(crate) fn sample(pid: &str) -> Option<Sample> {
+/// Reads `/proc/<pid>/…` (`"self"` for this process); a comma-separated list of
+/// pids (nginx's workers) gives their sums.
+pub(crate) fn sample(pids: &str) -> Option<Sample> {
+    let mut total = Sample {
+        at: Instant::now(),
+        cpu_s: 0.0,
+        rss_kib: 0,
+    };
+    for pid in pids.split(',') {
+        let one = sample_one(pid.trim())?;
+        total.cpu_s += one.cpu_s;
+        total.rss_kib += one.rss_kib;
+    }
+    Some(total)
+}
+
+fn sample_one(pid: &str) -> Option<Sample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
     // utime and stime, in clock ticks (USER_HZ, 100 on Linux).
