@@ -220,12 +220,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     // Started with a soft limit of 256 under a hard one of 1,536: the gateway lifts
     // its own soft limit to the hard one and reports it.
     let gateway = gateway_with_open_file_limit(dir.path(), 256, 1536).await;
-    let text = reqwest::get(format!("http://{}/metrics", gateway.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gateway.metrics_text().await;
     assert_eq!(crate::support::server::metric_value(&text, "process_max_fds"), 1536.0);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", gateway.child.id())).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();

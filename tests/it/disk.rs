@@ -338,14 +338,7 @@ async fn disk_metrics_are_exported() {
     publish(&http, &base, "m", "x").await;
     let text = within("metrics", async {
         loop {
-            let text = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = gateway.metrics_text().await;
             if crate::support::server::metric_value(&text, "sse_disk_commit_seconds_count") >= 1.0 {
                 return text;
             }
@@ -358,14 +351,7 @@ async fn disk_metrics_are_exported() {
     // After a restart the store's size is reported before anything is published.
     drop(gateway);
     let gateway = disk_gateway(dir.path(), &data, &[]).await;
-    let text = http
-        .get(format!("http://{}/metrics", gateway.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gateway.metrics_text().await;
     assert!(
         crate::support::server::metric_value(&text, "sse_disk_bytes") > 0.0,
         "{text}"

@@ -94,14 +94,7 @@ async fn the_image_runs_without_the_demo() {
             .status();
         assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{path}");
     }
-    let metrics = http
-        .get(format!("http://{}/metrics", gateway.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gateway.metrics_text().await;
     assert!(
         metrics.contains("sse_events_published_total{source=\"demo\"} 0"),
         "no sample publisher"

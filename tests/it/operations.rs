@@ -173,12 +173,7 @@ async fn a_fresh_gateway_exports_build_info_and_zeroed_rejection_counters() {
         &[("SSE_GATEWAY_AUTH__HS256_SECRET", crate::support::server::SECRET)],
     )
     .await;
-    let text = reqwest::get(format!("http://{}/metrics", gateway.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gateway.metrics_text().await;
     let version = env!("CARGO_PKG_VERSION");
     assert!(
         text.lines().any(

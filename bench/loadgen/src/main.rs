@@ -229,14 +229,7 @@ async fn idle(
             "only {} of {total} subscribers got the broadcast",
             shared.caught_up.get()
         );
-        let last = shared
-            .subscribers
-            .borrow()
-            .iter()
-            .filter_map(|s| s.caught_up_at)
-            .max()
-            .unwrap_or_else(Instant::now);
-        let elapsed = last.duration_since(started);
+        let elapsed = shared.last_caught_up().duration_since(started);
         let tally = Tally::of(&shared);
         println!(
             "broadcast to all        {elapsed:.2?} (lost {}, duplicated {})",
@@ -507,13 +500,7 @@ async fn storm(target: Target, pid: Option<&str>, total: usize, missed: u64, siz
         s.caught_up.get() == total
     })
     .await;
-    let finished = shared
-        .subscribers
-        .borrow()
-        .iter()
-        .filter_map(|s| s.caught_up_at)
-        .max()
-        .unwrap_or_else(Instant::now);
+    let finished = shared.last_caught_up();
     if let Some(sampler) = sampler {
         sampler.abort();
     }

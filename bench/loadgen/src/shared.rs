@@ -105,6 +105,16 @@ impl Shared {
         self.progress.notify_waiters();
     }
 
+    /// When the last subscriber caught up with what was expected (now, if one has not).
+    pub(crate) fn last_caught_up(&self) -> Instant {
+        self.subscribers
+            .borrow()
+            .iter()
+            .filter_map(|s| s.caught_up_at)
+            .max()
+            .unwrap_or_else(Instant::now)
+    }
+
     pub(crate) fn check_caught_up(&self, index: usize, now: Instant) {
         let expected = self.expected.borrow();
         let Some(expected) = expected.as_ref() else {

@@ -72,6 +72,16 @@ impl GatewayProcess {
         }
     }
 
+    /// The text of its `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Reads the remaining log after the process exited.
     pub async fn drain_log(&mut self) {
         while let Some(line) = self.lines.recv().await {
