@@ -7,20 +7,20 @@
 //! lifetime. [`Revocations`] holds the list in force on this node and the live
 //! streams that a revocation must end ([`Revocations::watch`]); both sit behind one
 //! lock, so a stream registered while a revocation arrives is either ended by it or
-//! sees it when it registers. Streams are grouped by subject and by token id: one
-//! signal per group, so an idle stream holds two pointers, not an allocation. Brokers carry revocations to the other nodes (Redis
-//! pub/sub) and keep them where the history is kept (Redis, the disk store): see
-//! [`crate::broker::Broker::revoke`].
+//! sees it when it registers. Streams are grouped by subject and by token id; a
+//! revocation ends each stream it refuses through the stream's own queue
+//! ([`SubscriberQueue::end`]), so a waiting stream watches nothing else. Brokers
+//! carry revocations to the other nodes (Redis pub/sub) and keep them where the
+//! history is kept (Redis, the disk store): see [`crate::broker::Broker::revoke`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::Notify;
-
 use crate::auth::Claims;
 use crate::metrics as m;
+use crate::stream::{Ending, SubscriberQueue};
 
 /// Longest `sub` or `jti` a revocation may name, in bytes.
 pub const MAX_TARGET_BYTES: usize = 1024;
@@ -117,19 +117,19 @@ pub struct Revocations {
 struct Inner {
     /// In force: when made and until when, by target.
     refused: HashMap<Target, (u64, u64)>,
-    /// The live streams of each target, as a group: one shared signal per target,
-    /// not one per stream (an idle stream holds a pointer, no allocation of its own).
+    /// The live streams of each target, as a group.
     live: HashMap<Target, Group>,
 }
 
 #[derive(Debug)]
 struct Group {
     live: Arc<Live>,
-    /// Streams by the `iat` of their token, to count what a revocation ends.
-    iats: std::collections::BTreeMap<Option<u64>, usize>,
+    /// The group's streams by subscriber id: their token's `iat`, and their queue,
+    /// through which a revocation ends them.
+    streams: HashMap<u64, (Option<u64>, SubscriberQueue)>,
 }
 
-/// The signal the streams of one target wait on.
+/// What the streams of one target share: whether a revocation ended them.
 #[derive(Debug)]
 struct Live {
     target: Target,
@@ -138,7 +138,6 @@ struct Live {
     /// 0 while nothing ended; else streams of tokens with `iat` below it (or
     /// without `iat`) are ended (`u64::MAX` for a token's revocation).
     ended_below: AtomicU64,
-    notify: Notify,
 }
 
 impl Live {
@@ -189,14 +188,13 @@ impl Revocations {
         let mut ended = 0;
         if let Some(group) = inner.live.get(&revocation.target) {
             let below = if group.live.token { u64::MAX } else { revoked_secs + 1 };
-            ended = group
-                .iats
-                .iter()
-                .filter(|(iat, _)| group.live.token || iat.is_none_or(|iat| iat < below))
-                .map(|(_, count)| count)
-                .sum();
             group.live.ended_below.fetch_max(below, Ordering::AcqRel);
-            group.live.notify.notify_waiters();
+            for (iat, queue) in group.streams.values() {
+                if group.live.ends(*iat) {
+                    queue.end(Ending::Revoked);
+                    ended += 1;
+                }
+            }
         }
         metrics::gauge!(m::REVOCATIONS_ACTIVE).set(inner.refused.len() as f64);
         ended
@@ -221,30 +219,35 @@ impl Revocations {
         tracing::info!(kind = revocation.target.kind(), origin, ended, "revocation in force");
     }
 
-    /// Registers a live stream of a token with `claims`: the returned watch ends
-    /// when a revocation refuses the token (at once, if one already does).
-    pub fn watch(self: &Arc<Self>, claims: &Claims) -> Watch {
+    /// Registers a live stream of a token with `claims`, delivered through `queue`:
+    /// a revocation that refuses the token ends it (at once, if one already does).
+    /// Dropping the returned watch leaves the groups.
+    pub fn watch(self: &Arc<Self>, claims: &Claims, queue: &SubscriberQueue) -> Watch {
         let mut watch = Watch {
             revocations: Weak::new(),
             subject: None,
             token: None,
             iat: claims.iat,
             refused: false,
+            queue: queue.id(),
         };
         if claims.sub.is_none() && claims.jti.is_none() {
             return watch;
         }
         let mut inner = self.lock();
         watch.refused = refused_by(&inner, claims, now_ms());
+        if watch.refused {
+            queue.end(Ending::Revoked);
+        }
         watch.revocations = Arc::downgrade(self);
         watch.subject = claims
             .sub
             .as_ref()
-            .map(|sub| join(&mut inner, Target::Subject(sub.clone()), claims.iat));
+            .map(|sub| join(&mut inner, Target::Subject(sub.clone()), claims.iat, queue));
         watch.token = claims
             .jti
             .as_ref()
-            .map(|jti| join(&mut inner, Target::Token(jti.clone()), claims.iat));
+            .map(|jti| join(&mut inner, Target::Token(jti.clone()), claims.iat, queue));
         watch
     }
 
@@ -267,18 +270,17 @@ impl Revocations {
 }
 
 /// Adds a stream with `iat` to `target`'s group (made on first use).
-fn join(inner: &mut Inner, target: Target, iat: Option<u64>) -> Arc<Live> {
+fn join(inner: &mut Inner, target: Target, iat: Option<u64>, queue: &SubscriberQueue) -> Arc<Live> {
     let token = matches!(target, Target::Token(_));
     let group = inner.live.entry(target.clone()).or_insert_with(|| Group {
         live: Arc::new(Live {
             target,
             token,
             ended_below: AtomicU64::new(0),
-            notify: Notify::new(),
         }),
-        iats: std::collections::BTreeMap::new(),
+        streams: HashMap::new(),
     });
-    *group.iats.entry(iat).or_default() += 1;
+    group.streams.insert(queue.id(), (iat, queue.clone()));
     Arc::clone(&group.live)
 }
 
@@ -302,8 +304,7 @@ fn refused_by(inner: &Inner, claims: &Claims, now: u64) -> bool {
     .any(|revocation| revocation.refuses(claims))
 }
 
-/// A live stream's registration: [`Watch::ended`] resolves when its token is
-/// revoked; dropping it leaves the groups.
+/// A live stream's registration; dropping it leaves the groups.
 #[derive(Debug)]
 pub struct Watch {
     revocations: Weak<Revocations>,
@@ -312,6 +313,8 @@ pub struct Watch {
     iat: Option<u64>,
     /// A revocation refused the token when the stream registered.
     refused: bool,
+    /// The stream's subscriber id.
+    queue: u64,
 }
 
 impl Watch {
@@ -322,28 +325,6 @@ impl Watch {
                 .into_iter()
                 .flatten()
                 .any(|live| live.ends(self.iat))
-    }
-
-    /// Resolves once a revocation ends this stream.
-    pub async fn ended(&self) {
-        loop {
-            // Registered before the check: a revocation in between still wakes it.
-            let subject = self.subject.as_ref().map(|live| live.notify.notified());
-            let token = self.token.as_ref().map(|live| live.notify.notified());
-            if self.is_ended() {
-                return;
-            }
-            match (subject, token) {
-                (Some(subject), Some(token)) => {
-                    tokio::select! {
-                        () = subject => {}
-                        () = token => {}
-                    }
-                }
-                (Some(one), None) | (None, Some(one)) => one.await,
-                (None, None) => std::future::pending().await,
-            }
-        }
     }
 
     /// The token's `sub`, when it has one.
@@ -366,13 +347,8 @@ impl Drop for Watch {
             let Some(group) = inner.live.get_mut(target) else {
                 continue;
             };
-            if let Some(count) = group.iats.get_mut(&self.iat) {
-                *count -= 1;
-                if *count == 0 {
-                    group.iats.remove(&self.iat);
-                }
-            }
-            if group.iats.is_empty() {
+            group.streams.remove(&self.queue);
+            if group.streams.is_empty() {
                 inner.live.remove(target);
             }
         }
@@ -421,12 +397,26 @@ mod tests {
         assert!(!revocations.refuses(&claims("alice", Some("t-2"), None)));
     }
 
+    /// A stream's queue: the watch registers it, the receiver says how it ended.
+    fn queue() -> (SubscriberQueue, crate::stream::QueueReceiver) {
+        static REGISTRY: std::sync::LazyLock<crate::stream::StreamRegistry> =
+            std::sync::LazyLock::new(|| crate::stream::StreamRegistry::new(10, 16));
+        REGISTRY.new_queue(tokio_util::sync::CancellationToken::new())
+    }
+
     #[test]
     fn live_streams_end_when_revoked_and_are_forgotten_when_dropped() {
         let revocations = Revocations::new();
-        let old = revocations.watch(&claims("alice", Some("a"), Some(1)));
-        let fresh = revocations.watch(&claims("alice", Some("b"), Some(now_ms() / 1000 + 100)));
-        let other = revocations.watch(&claims("bob", None, None));
+        let (queues, receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| queue()).unzip();
+        let old = revocations.watch(&claims("alice", Some("a"), Some(1)), &queues[0]);
+        let fresh = revocations.watch(&claims("alice", Some("b"), Some(now_ms() / 1000 + 100)), &queues[1]);
+        let other = revocations.watch(&claims("bob", None, None), &queues[2]);
+        let endings = || {
+            receivers
+                .iter()
+                .map(crate::stream::QueueReceiver::ending)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             revocations.apply(&revocation(Target::Subject("alice".to_owned()), now_ms())),
             1
@@ -434,11 +424,13 @@ mod tests {
         assert!(old.is_ended());
         assert!(!fresh.is_ended());
         assert!(!other.is_ended());
+        assert_eq!(endings(), [Some(Ending::Revoked), None, None]);
         assert_eq!(
             revocations.apply(&revocation(Target::Token("b".to_owned()), now_ms())),
             1
         );
         assert!(fresh.is_ended());
+        assert_eq!(endings(), [Some(Ending::Revoked), Some(Ending::Revoked), None]);
         drop((old, fresh, other));
         assert!(revocations.lock().live.is_empty());
     }
@@ -446,21 +438,25 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_stream_is_woken_by_its_revocation() {
         let revocations = Revocations::new();
-        let watch = revocations.watch(&claims("dana", None, Some(1)));
-        let waiting = tokio::spawn(async move { watch.ended().await });
+        let (queue, mut receiver) = queue();
+        let _watch = revocations.watch(&claims("dana", None, Some(1)), &queue);
+        let waiting = tokio::spawn(async move { (receiver.recv().await.is_none(), receiver.ending()) });
         tokio::task::yield_now().await;
         revocations.apply(&revocation(Target::Subject("dana".to_owned()), now_ms()));
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
             .await
             .expect("woken")
             .unwrap();
+        assert_eq!(woken, (true, Some(Ending::Revoked)));
     }
 
     #[test]
     fn a_stream_registered_after_a_revocation_ends_at_once() {
         let revocations = Revocations::new();
         revocations.apply(&revocation(Target::Subject("alice".to_owned()), now_ms()));
-        assert!(revocations.watch(&claims("alice", None, None)).is_ended());
+        let (queue, receiver) = queue();
+        assert!(revocations.watch(&claims("alice", None, None), &queue).is_ended());
+        assert_eq!(receiver.ending(), Some(Ending::Revoked));
     }
 
     #[test]

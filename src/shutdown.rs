@@ -1,8 +1,9 @@
 //! Shutdown: the OS-signal future, the draining flag and the cancellation token.
 //!
-//! Order (driven by `server::run`): set draining (`/readyz` fails, publishes and new
-//! subscriptions get 503) → stop accepting → cancel the token so every open event
-//! stream ends (graceful shutdown would otherwise wait on them forever) → let
+//! Order (driven by `server::run` through `Node::begin_shutdown`): set draining
+//! (`/readyz` fails, publishes and new subscriptions get 503) → cancel the token
+//! (accept loops and background tasks stop) and end every open event stream through
+//! its queue (graceful shutdown would otherwise wait on them forever) → let
 //! in-flight requests finish under `server.shutdown_grace` → close the backend.
 
 use std::sync::Arc;
@@ -22,7 +23,8 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Marks the node as draining and ends every open event stream.
+    /// Marks the node as draining and cancels the token (the node then ends its
+    /// event streams).
     pub fn begin(&self) {
         self.draining.store(true, Ordering::Release);
         self.streams.cancel();
@@ -32,7 +34,8 @@ impl Shutdown {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Cancelled once shutdown has begun; event streams select on it.
+    /// Cancelled once shutdown has begun; accept loops and background tasks select
+    /// on it.
     pub fn token(&self) -> &CancellationToken {
         &self.streams
     }

@@ -17,11 +17,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Body;
-use bytes::{Bytes, BytesMut};
-use tokio::time::{Interval, MissedTickBehavior, Sleep};
-use tokio_util::sync::CancellationToken;
-
 use crate::event::EventId;
 use crate::frame::Frame;
 use crate::history::Replay;
@@ -29,7 +24,10 @@ use crate::limits::Slots;
 use crate::metrics as m;
 use crate::revocation::Watch;
 use crate::sse;
-use crate::stream::{Attachment, QueueReceiver};
+use crate::stream::{Attachment, Ending, QueueReceiver};
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use tokio::time::{Instant as TimerInstant, Sleep};
 
 /// Largest single write assembled from pending frames.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -61,10 +59,8 @@ pub struct Parts {
     pub close_at: Option<SystemTime>,
     /// When to send the expiry warning, and the token's `exp` it names.
     pub expiry_warning: Option<(SystemTime, u64)>,
-    /// Ends the stream when the token is revoked.
+    /// The stream's registration with revocations (which end it through its queue).
     pub revoked: Option<Watch>,
-    /// Cancelled at shutdown.
-    pub shutdown: CancellationToken,
     pub timing: StreamTiming,
     pub slots: Slots,
 }
@@ -103,13 +99,16 @@ pub struct Subscription {
     /// newer is a duplicate.
     replayed_through: EventId,
     envelope: bool,
-    heartbeat: Interval,
-    expiry: Option<Pin<Box<Sleep>>>,
-    /// Until the expiry warning, and the `exp` it names.
-    warning: Option<(Pin<Box<Sleep>>, u64)>,
+    /// One timer for the three deadlines below, set to the earliest: one timer
+    /// entry per open stream, not three, and one poll beside each frame.
+    timer: Pin<Box<Sleep>>,
+    next_heartbeat: TimerInstant,
+    /// When the token expires.
+    expiry: Option<TimerInstant>,
+    /// When to send the expiry warning, and the `exp` it names.
+    warning: Option<(TimerInstant, u64)>,
     revoked: Option<Watch>,
     opened: Instant,
-    shutdown: CancellationToken,
     ended: Option<EndReason>,
     delivered: metrics::Counter,
     replayed: metrics::Counter,
@@ -137,7 +136,6 @@ impl Subscription {
             close_at,
             expiry_warning,
             revoked,
-            shutdown,
             timing,
             slots,
         } = parts;
@@ -152,12 +150,17 @@ impl Subscription {
                 metrics::counter!(m::EXPIRY_WARNINGS).increment(1);
                 None
             }
-            Some((at, exp)) => Some((sleep_until_system_time(at), exp)),
+            Some((at, exp)) => Some((timer_instant(at), exp)),
             None => None,
         };
         let replayed_through = replay.seam();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + timing.heartbeat, timing.heartbeat);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let next_heartbeat = TimerInstant::now() + timing.heartbeat;
+        let expiry = close_at.map(timer_instant);
+        let first = [Some(next_heartbeat), expiry, warning.map(|(at, _)| at)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_heartbeat);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
         Self {
             attachment,
@@ -166,12 +169,12 @@ impl Subscription {
             replay: Some(replay.frames.into_iter()),
             replayed_through,
             envelope,
-            heartbeat,
-            expiry: close_at.map(sleep_until_system_time),
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            next_heartbeat,
+            expiry,
             warning,
             revoked,
             opened: Instant::now(),
-            shutdown,
             ended: None,
             delivered: metrics::counter!(m::EVENTS_DELIVERED),
             replayed: metrics::counter!(m::EVENTS_REPLAYED),
@@ -198,50 +201,74 @@ impl Subscription {
         if self.ended.is_some() {
             return None;
         }
-        if let Some(chunk) = self.next_replay_chunk() {
-            return Some(chunk);
+        if let Some(frame) = self.next_replay_frame() {
+            return Some(frame);
         }
         loop {
+            // Shutdown, overflow and revocation end the stream through its queue.
+            if let Some(ending) = self.receiver.ending() {
+                return self.end(match ending {
+                    Ending::Shutdown => EndReason::Shutdown,
+                    Ending::Overflow => EndReason::SlowConsumer,
+                    Ending::Revoked => EndReason::Revoked,
+                });
+            }
             tokio::select! {
                 biased;
-                () = self.shutdown.cancelled() => return self.end(EndReason::Shutdown),
-                () = self.attachment.queue().overflowed().cancelled() => return self.end(EndReason::SlowConsumer),
-                () = until_revoked(self.revoked.as_ref()) => return self.end(EndReason::Revoked),
-                () = until_expiry(&mut self.expiry) => return self.end(EndReason::TokenExpired),
-                exp = until_warning(&mut self.warning) => {
-                    self.warning = None;
-                    metrics::counter!(m::EXPIRY_WARNINGS).increment(1);
-                    return Some(sse::encode_expiry_warning(exp));
+                // Before the queue, so a busy stream still ends at expiry.
+                () = self.timer.as_mut() => {
+                    if let Some(chunk) = self.on_timer() {
+                        return chunk;
+                    }
                 }
                 frame = self.receiver.recv() => {
-                    // `None` only after every stream dropped this queue, i.e. overflow.
-                    let Some(frame) = frame else { return self.end(EndReason::SlowConsumer) };
-                    if let Some(chunk) = self.next_live_chunk(frame) {
+                    // `None`: ended, said at the top of the loop.
+                    if let Some(chunk) = frame.and_then(|frame| self.next_live_chunk(frame)) {
                         return Some(chunk);
                     }
-                    if self.attachment.queue().has_overflowed() {
-                        return self.end(EndReason::SlowConsumer);
-                    }
                 }
-                _ = self.heartbeat.tick() => return Some(sse::HEARTBEAT),
             }
         }
     }
 
-    fn next_replay_chunk(&mut self) -> Option<Bytes> {
+    /// What a deadline that passed asks for (`Some(None)`: the stream ended), and
+    /// the timer set to the next one.
+    fn on_timer(&mut self) -> Option<Option<Bytes>> {
+        let now = TimerInstant::now();
+        let due = |at: TimerInstant| at <= now;
+        let outcome = if self.expiry.is_some_and(due) {
+            Some(self.end(EndReason::TokenExpired))
+        } else if let Some((_, exp)) = self.warning.filter(|&(at, _)| due(at)) {
+            self.warning = None;
+            metrics::counter!(m::EXPIRY_WARNINGS).increment(1);
+            Some(Some(sse::encode_expiry_warning(exp)))
+        } else if due(self.next_heartbeat) {
+            // Like an interval that delays missed ticks: the next one a period on.
+            self.next_heartbeat = now + self.timing.heartbeat;
+            Some(Some(sse::HEARTBEAT))
+        } else {
+            None
+        };
+        let next = [Some(self.next_heartbeat), self.expiry, self.warning.map(|(at, _)| at)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.next_heartbeat);
+        self.timer.as_mut().reset(next);
+        outcome
+    }
+
+    /// The next held frame, as its shared bytes: the writer gathers frames that are
+    /// ready into one write, so a replay is not copied per connection.
+    fn next_replay_frame(&mut self) -> Option<Bytes> {
         let replay = self.replay.as_mut()?;
-        let mut chunk = ChunkBuilder::default();
-        while chunk.len() < MAX_CHUNK_BYTES {
-            let Some(frame) = replay.next() else {
-                break;
-            };
-            chunk.push(bytes_of(&frame, self.envelope));
-        }
+        let frame = replay.next();
         if replay.len() == 0 {
             self.replay = None;
         }
-        self.replayed.increment(chunk.frames);
-        chunk.finish()
+        let frame = frame?;
+        self.replayed.increment(1);
+        Some(bytes_of(&frame, self.envelope).clone())
     }
 
     /// `first` and whatever else is already queued, minus seam duplicates.
@@ -360,33 +387,9 @@ impl ChunkBuilder {
     }
 }
 
-fn sleep_until_system_time(at: SystemTime) -> Pin<Box<Sleep>> {
-    let remaining = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
-    Box::pin(tokio::time::sleep(remaining))
-}
-
-async fn until_warning(warning: &mut Option<(Pin<Box<Sleep>>, u64)>) -> u64 {
-    match warning {
-        Some((sleep, exp)) => {
-            sleep.as_mut().await;
-            *exp
-        }
-        None => std::future::pending().await,
-    }
-}
-
-async fn until_revoked(watch: Option<&Watch>) {
-    match watch {
-        Some(watch) => watch.ended().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn until_expiry(expiry: &mut Option<Pin<Box<Sleep>>>) {
-    match expiry {
-        Some(sleep) => sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
+/// The timer instant of a wall-clock time (now, when it has passed).
+fn timer_instant(at: SystemTime) -> TimerInstant {
+    TimerInstant::now() + at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]
@@ -399,7 +402,7 @@ mod tests {
     use crate::stream::StreamName;
 
     #[tokio::test]
-    async fn the_replay_list_is_released_once_written() {
+    async fn a_replay_is_written_from_the_held_frames_and_released() {
         let node = Node::start(&Config::default(), Default::default()).unwrap();
         let stream = StreamName::try_new("a").unwrap();
         let events = (0..100)
@@ -429,15 +432,29 @@ mod tests {
                 envelope: false,
                 token: None,
                 close_at: None,
-                close_connection: CancellationToken::new(),
+                close_connection: tokio_util::sync::CancellationToken::new(),
             })
             .await
             .unwrap();
-        assert!(subscription.replay.is_some());
+        let frames: Vec<Bytes> = subscription
+            .replay
+            .as_ref()
+            .unwrap()
+            .as_slice()
+            .iter()
+            .map(|frame| frame.bytes.clone())
+            .collect();
+        assert_eq!(frames.len(), 99);
         let opening = subscription.next_chunk().await.unwrap();
         assert!(opening.starts_with(b"retry:"));
-        let replayed = subscription.next_chunk().await.unwrap();
-        assert_eq!(replayed.iter().filter(|b| **b == b'\n').count(), 99 * 3, "99 events");
+        for id in &ids[1..] {
+            let replayed = subscription.next_chunk().await.unwrap();
+            assert!(replayed.starts_with(format!("id: {id}\n").as_bytes()));
+            assert!(
+                frames.iter().any(|frame| frame.as_ptr() == replayed.as_ptr()),
+                "the held frame's own bytes, not a copy"
+            );
+        }
         assert!(subscription.replay.is_none(), "nothing of the replay is kept");
     }
 }

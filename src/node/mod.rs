@@ -38,7 +38,7 @@ use crate::limits::{ConnectionLimiter, Limiter, SubjectLimits};
 use crate::metrics as m;
 use crate::revocation::Revocations;
 use crate::shutdown::Shutdown;
-use crate::stream::StreamRegistry;
+use crate::stream::{Ending, StreamRegistry};
 use crate::subscription::StreamTiming;
 
 /// One gateway node; shared by every handler and task through an `Arc`.
@@ -104,6 +104,13 @@ impl Node {
     /// The node's shutdown state (draining flag, stream cancellation).
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
+    }
+
+    /// Starts shutting down: draining (publishes and new subscriptions refused), the
+    /// shutdown token cancelled, and every open subscription ended.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.begin();
+        self.registry.end_all(Ending::Shutdown);
     }
 
     /// Whether the node is shutting down (publishes and new subscriptions refused).

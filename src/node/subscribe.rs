@@ -105,6 +105,11 @@ impl Node {
         let connection = self.connections.try_acquire().ok_or(SubscribeError::ConnectionLimit)?;
         let (queue, receiver) = self.registry.new_queue(request.close_connection);
         let attachment = self.registry.attach(&patterns, &queue)?;
+        // Shutdown ends the attached subscriptions through their queues: one that
+        // attached after that pass sees the flag set before it.
+        if self.is_draining() {
+            return Err(SubscribeError::Draining);
+        }
         self.broker.listen(&patterns).await?;
         let replay = match (request.resume, request.latest) {
             (Some(resume), _) => {
@@ -130,8 +135,7 @@ impl Node {
             envelope: request.envelope,
             close_at: request.close_at,
             expiry_warning,
-            revoked: request.token.map(|claims| self.revocations.watch(claims)),
-            shutdown: self.shutdown.token().clone(),
+            revoked: request.token.map(|claims| self.revocations.watch(claims, &queue)),
             timing: self.settings.timing,
             slots: Slots { connection, subject },
         }))

@@ -7,7 +7,8 @@
 //! first request head itself, into a small buffer. A plain `GET /events` over
 //! HTTP/1.1 goes through the same axum router (authentication, limits, CORS, metrics
 //! and tracing are unchanged) and its response is written here: the head once, then
-//! each body frame as one chunk, straight from the shared encoded bytes. The
+//! each body frame, with the others the body has ready, as one chunk in one vectored
+//! write, straight from the shared encoded bytes (a replay is not copied). The
 //! connection closes when the response ends. Every other request, and any head this
 //! code does not fully understand, is handed to hyper with the bytes already read.
 //! Parsing is `httparse`, the parser hyper itself uses.
@@ -25,7 +26,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tower::ServiceExt as _;
 
 use crate::connection::ClientConnection;
@@ -208,14 +209,14 @@ async fn write_response(
     // to a small allowance.
     let mut probe = [0_u8; 64];
     let mut received = 0_usize;
-    // One future for the whole stream: it registers with the token once, instead of
-    // registering and unregistering (two mutex round trips) for every frame.
+    // Cancelled when the subscriber overflowed its queue: it may have stopped
+    // reading, so a write that waits must not wait forever. Polled only while a write
+    // waits (a token's poll takes its mutex), and one future for the whole stream.
     let closed = closed.cancelled();
     tokio::pin!(closed);
     loop {
         tokio::select! {
             biased;
-            () = &mut closed => return Ok(()),
             read = stream.read(&mut probe) => match read {
                 Ok(0) | Err(_) => return Ok(()),
                 Ok(read) => {
@@ -228,17 +229,46 @@ async fn write_response(
             },
             frame = body.frame() => match frame {
                 // The last chunk: the response is complete.
-                None => return stream.write_all(b"0\r\n\r\n").await,
+                None => return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut()).await,
                 // Without the last chunk the client sees the stream broke.
                 Some(Err(error)) => return Err(io::Error::other(error)),
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
-                    // A client that stops reading must not hold this write forever:
-                    // the overflow that follows cancels `closed`.
-                    tokio::select! {
-                        biased;
-                        () = &mut closed => return Ok(()),
-                        written = write_chunk(stream, &data) => written?,
+                    // What else the body has ready goes out in the same chunk and
+                    // the same vectored write, each piece from its shared bytes:
+                    // a replay is written without being copied.
+                    let mut more = Vec::new();
+                    let mut bytes = data.len();
+                    let mut after = After::More;
+                    while bytes < MAX_GATHERED_BYTES && more.len() < MAX_GATHERED_PIECES {
+                        match futures::poll!(body.frame()) {
+                            Poll::Pending => break,
+                            Poll::Ready(None) => {
+                                after = After::End;
+                                break;
+                            }
+                            Poll::Ready(Some(Err(error))) => {
+                                after = After::Error(io::Error::other(error));
+                                break;
+                            }
+                            Poll::Ready(Some(Ok(frame))) => {
+                                if let Ok(next) = frame.into_data() {
+                                    bytes += next.len();
+                                    // One allocation for the whole gathering.
+                                    more.reserve_exact(MAX_GATHERED_PIECES);
+                                    more.push(next);
+                                }
+                            }
+                        }
+                    }
+                    unless_closed(write_chunk(stream, &data, &more), closed.as_mut()).await?;
+                    drop(more);
+                    match after {
+                        After::More => {}
+                        After::End => {
+                            return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut()).await;
+                        }
+                        After::Error(error) => return Err(error),
                     }
                 }
             },
@@ -246,36 +276,71 @@ async fn write_response(
     }
 }
 
-/// One chunk (`<hex size>\r\n<data>\r\n`) in one vectored write when the socket takes it.
-async fn write_chunk(stream: &mut TcpStream, data: &[u8]) -> io::Result<()> {
-    if data.is_empty() {
+/// Most bytes and pieces gathered into one chunk.
+const MAX_GATHERED_BYTES: usize = 64 * 1024;
+const MAX_GATHERED_PIECES: usize = 64;
+
+/// What the body said after the frames gathered for a write.
+enum After {
+    More,
+    End,
+    Error(io::Error),
+}
+
+/// `write`, unless `closed` is cancelled while it waits for the socket (a write that
+/// completes at once does not look at the token).
+async fn unless_closed(
+    write: impl Future<Output = io::Result<()>>,
+    closed: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> io::Result<()> {
+    tokio::pin!(write);
+    if let Poll::Ready(result) = futures::poll!(write.as_mut()) {
+        return result;
+    }
+    tokio::select! {
+        biased;
+        () = closed => Ok(()),
+        result = write => result,
+    }
+}
+
+/// One chunk (`<hex size>\r\n<data…>\r\n`) in one vectored write when the socket
+/// takes it.
+async fn write_chunk(stream: &mut TcpStream, data: &[u8], more: &[Bytes]) -> io::Result<()> {
+    let len = data.len() + more.iter().map(Bytes::len).sum::<usize>();
+    if len == 0 {
         return Ok(());
     }
     let mut size_line = [0_u8; 20];
     let size_len = {
         let mut cursor = io::Cursor::new(&mut size_line[..]);
-        write!(cursor, "{:x}\r\n", data.len())?;
+        write!(cursor, "{len:x}\r\n")?;
         cursor.position() as usize
     };
-    let parts: [&[u8]; 3] = [&size_line[..size_len], data, b"\r\n"];
-    let total: usize = parts.iter().map(|part| part.len()).sum();
-    let mut written = stream
-        .write_vectored(&[IoSlice::new(parts[0]), IoSlice::new(parts[1]), IoSlice::new(parts[2])])
-        .await?;
-    if written == 0 {
-        return Err(io::ErrorKind::WriteZero.into());
+    if more.is_empty() {
+        let mut slices = [
+            IoSlice::new(&size_line[..size_len]),
+            IoSlice::new(data),
+            IoSlice::new(b"\r\n"),
+        ];
+        return write_all_vectored(stream, &mut slices).await;
     }
-    if written == total {
-        return Ok(());
-    }
-    // The socket buffer filled mid-chunk: finish it piece by piece.
-    for part in parts {
-        if written >= part.len() {
-            written -= part.len();
-            continue;
+    let mut slices = Vec::with_capacity(more.len() + 3);
+    slices.push(IoSlice::new(&size_line[..size_len]));
+    slices.push(IoSlice::new(data));
+    slices.extend(more.iter().map(|piece| IoSlice::new(piece)));
+    slices.push(IoSlice::new(b"\r\n"));
+    write_all_vectored(stream, &mut slices).await
+}
+
+/// Writes every slice, as few `writev` calls as the socket allows.
+async fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
-        stream.write_all(&part[written..]).await?;
-        written = 0;
+        IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
 }

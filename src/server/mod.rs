@@ -28,7 +28,7 @@ use crate::limits::{BodyBudget, SubjectLimits};
 use crate::metrics;
 use crate::node::Node;
 use crate::router;
-use crate::state::AppState;
+use crate::state::{AppState, Handles};
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -163,12 +163,12 @@ pub async fn run(
         tokio::spawn(http::serve(listener, router, settings, None, shutdown.token().clone()))
     });
     // Draining first (readyz fails, publishes get 503), ending every event stream
-    // (the token the subscriptions select on) and stopping the accept loops.
+    // and stopping the accept loops.
     let on_signal = {
-        let shutdown = shutdown.clone();
+        let node = Arc::clone(&state.node);
         tokio::spawn(async move {
             signal.await;
-            shutdown.begin();
+            node.begin_shutdown();
         })
     };
     let acceptor = match state.config.server.tls.enabled() {
@@ -287,7 +287,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         max_streams: DEMO_STREAMS.len() + 1,
     };
     let node = Node::start(&config, HashMap::from([(format!("sub:{DEMO_SUBJECT}"), demo_limits)]))?;
-    Ok(AppState {
+    Ok(AppState::new(Handles {
         node,
         publish_bodies: Arc::new(BodyBudget::new(
             config.limits.max_body_bytes_in_flight,
@@ -303,7 +303,7 @@ fn build_state(config: Config) -> Result<AppState, ServerError> {
         metrics,
         webhooks: Arc::new(webhooks),
         demo_signer,
-    })
+    }))
 }
 
 async fn upkeep_periodically(state: AppState) {

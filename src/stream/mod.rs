@@ -8,5 +8,5 @@ pub mod replay;
 
 pub use name::{InvalidStreamName, StreamName};
 pub use pattern::{InvalidPattern, StreamPattern};
-pub use registry::{Attachment, QueueReceiver, RegistryError, StreamRegistry, SubscriberQueue};
+pub use registry::{Attachment, Ending, QueueReceiver, RegistryError, StreamRegistry, SubscriberQueue};
 pub use replay::ReplayBuffer;

@@ -11,9 +11,16 @@
 //! the subscriber is detached from that stream and its `overflowed` token is
 //! cancelled; the subscription then ends at once without writing anything it
 //! dequeues afterwards, so the client resumes from the last id it really received.
+//!
+//! Endings from outside (overflow, shutdown, revocation) reach a subscription
+//! through its own queue: a flag in the queue's shared state and one wake-up item
+//! behind the frames. So the subscription waits on one thing, its queue, instead of
+//! also polling a cancellation token and a `Notify` beside every frame (each poll
+//! of those takes a mutex to register and another to unregister: about a tenth of
+//! the gateway's CPU at fan-out 10, in the profile of docs/BENCHMARKS.md).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -39,21 +46,66 @@ pub enum RegistryError {
 #[derive(Debug, Clone)]
 pub struct SubscriberQueue {
     id: u64,
-    sender: mpsc::UnboundedSender<Arc<Frame>>,
+    sender: mpsc::UnboundedSender<Item>,
     state: Arc<QueueState>,
     overflowed: CancellationToken,
 }
 
-/// What both halves of a queue share: its length, and whether it overflowed (read
-/// for every chunk written, so a plain atomic rather than the token, whose
-/// `is_cancelled` takes a mutex).
+/// What travels on a queue: a frame, or a wake-up after an [`Ending`] was set.
+/// (One pointer wide: the unit variant takes the `Arc`'s null niche.)
+#[derive(Debug)]
+enum Item {
+    Frame(Arc<Frame>),
+    Ended,
+}
+
+/// Why a subscription is ended from outside it, in the order a subscription that
+/// has several reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Shutdown,
+    Overflow,
+    Revoked,
+}
+
+impl Ending {
+    const ALL: [Self; 3] = [Self::Shutdown, Self::Overflow, Self::Revoked];
+
+    fn bit(self) -> u8 {
+        match self {
+            Self::Shutdown => 1,
+            Self::Overflow => 2,
+            Self::Revoked => 4,
+        }
+    }
+}
+
+/// What both halves of a queue share: its length, and the endings set (read for
+/// every chunk written, so plain atomics rather than a token, whose `is_cancelled`
+/// takes a mutex).
 #[derive(Debug, Default)]
 struct QueueState {
     queued: AtomicUsize,
-    overflowed: AtomicBool,
+    endings: AtomicU8,
+}
+
+impl QueueState {
+    /// Sets `ending`; `true` when it is the first ending of this queue.
+    fn set(&self, ending: Ending) -> bool {
+        self.endings.fetch_or(ending.bit(), Ordering::AcqRel) == 0
+    }
+
+    fn has(&self, ending: Ending) -> bool {
+        self.endings.load(Ordering::Acquire) & ending.bit() != 0
+    }
 }
 
 impl SubscriberQueue {
+    /// Which subscriber this is (unique on the node).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Cancelled when a frame for this subscriber did not fit in its queue.
     pub fn overflowed(&self) -> &CancellationToken {
         &self.overflowed
@@ -61,7 +113,16 @@ impl SubscriberQueue {
 
     /// Whether a frame for this subscriber did not fit in its queue.
     pub fn has_overflowed(&self) -> bool {
-        self.state.overflowed.load(Ordering::Acquire)
+        self.state.has(Ending::Overflow)
+    }
+
+    /// Ends the subscription: it stops at its next chunk, after nothing more of
+    /// its queue (the wake-up goes behind what is queued, the flag is read first).
+    pub fn end(&self, ending: Ending) {
+        if self.state.set(ending) {
+            // Fails only when the subscription is gone already.
+            let _ = self.sender.send(Item::Ended);
+        }
     }
 
     /// Offers `frame` to a queue of `capacity`; `false` means the subscriber must be
@@ -69,37 +130,63 @@ impl SubscriberQueue {
     fn offer(&self, frame: &Arc<Frame>, capacity: usize) -> bool {
         if self.state.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
             self.state.queued.fetch_sub(1, Ordering::AcqRel);
-            if !self.state.overflowed.swap(true, Ordering::AcqRel) {
+            if !self.state.has(Ending::Overflow) {
+                self.end(Ending::Overflow);
                 self.overflowed.cancel();
                 metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
             }
             return false;
         }
         // Fails only when the subscription is gone: detach it.
-        self.sender.send(Arc::clone(frame)).is_ok()
+        self.sender.send(Item::Frame(Arc::clone(frame))).is_ok()
     }
 }
 
 /// The receiving half of a subscriber's queue.
 #[derive(Debug)]
 pub struct QueueReceiver {
-    receiver: mpsc::UnboundedReceiver<Arc<Frame>>,
+    receiver: mpsc::UnboundedReceiver<Item>,
     state: Arc<QueueState>,
 }
 
 impl QueueReceiver {
-    /// The next frame; `None` once every sender is gone.
+    /// The next frame; `None` once the subscription was ended ([`Self::ending`]
+    /// says why), without waiting for what is still queued.
     pub async fn recv(&mut self) -> Option<Arc<Frame>> {
-        let frame = self.receiver.recv().await?;
-        self.state.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(frame)
+        loop {
+            if self.ending().is_some() {
+                return None;
+            }
+            match self.receiver.recv().await {
+                Some(Item::Frame(frame)) => {
+                    self.state.queued.fetch_sub(1, Ordering::AcqRel);
+                    return Some(frame);
+                }
+                // The flag is set: the loop returns.
+                Some(Item::Ended) => {}
+                // Every sender is gone, which only a detach after overflow does.
+                None => {
+                    self.state.set(Ending::Overflow);
+                }
+            }
+        }
     }
 
-    /// The next frame if one is queued.
+    /// The next frame if one is queued and the subscription was not ended.
     pub fn try_recv(&mut self) -> Option<Arc<Frame>> {
-        let frame = self.receiver.try_recv().ok()?;
-        self.state.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(frame)
+        match self.receiver.try_recv().ok()? {
+            Item::Frame(frame) => {
+                self.state.queued.fetch_sub(1, Ordering::AcqRel);
+                Some(frame)
+            }
+            Item::Ended => None,
+        }
+    }
+
+    /// Why the subscription was ended from outside, if it was.
+    pub fn ending(&self) -> Option<Ending> {
+        let endings = self.state.endings.load(Ordering::Acquire);
+        Ending::ALL.into_iter().find(|ending| endings & ending.bit() != 0)
     }
 }
 
@@ -323,6 +410,16 @@ impl StreamRegistry {
         delivered
     }
 
+    /// Ends every attached subscription (at shutdown).
+    pub fn end_all(&self, ending: Ending) {
+        for entry in &self.streams {
+            entry.value().iter().for_each(|queue| queue.end(ending));
+        }
+        for entry in &self.prefixes {
+            entry.value().iter().for_each(|queue| queue.end(ending));
+        }
+    }
+
     /// Offers `frame` to the subscribers of exactly `pattern` (a notice about that
     /// subscription), not to those of other matching names or patterns.
     pub fn deliver_to(&self, pattern: &StreamPattern, frame: &Arc<Frame>) -> usize {
@@ -526,6 +623,53 @@ mod tests {
         assert_eq!(registry.deliver_to(&pattern("ci.*"), &frame(9)), 1);
         assert_eq!(received(&mut pattern_rx), [9]);
         assert!(received(&mut name_rx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ending_reaches_every_attached_queue_and_stops_its_receiver() {
+        let registry = Arc::new(StreamRegistry::new(100, 64));
+        let (queue, mut by_name) = registry.new_queue(CancellationToken::new());
+        let _by_name = registry.attach(&[pattern("a"), pattern("b")], &queue).unwrap();
+        let (queue, mut by_prefix) = registry.new_queue(CancellationToken::new());
+        let _by_prefix = registry.attach(&[pattern("a*")], &queue).unwrap();
+        registry.deliver(&name("a"), &frame(1));
+        let waiting = tokio::spawn(async move {
+            let first = by_prefix.recv().await.map(|frame| frame.id.as_u64());
+            (first, by_prefix.recv().await.is_none(), by_prefix.ending())
+        });
+        // The receiver takes the queued frame and waits.
+        tokio::task::yield_now().await;
+        registry.end_all(Ending::Shutdown);
+        registry.end_all(Ending::Revoked);
+        // Queued before the ending, but the ending is read first.
+        assert!(by_name.recv().await.is_none());
+        assert_eq!(
+            by_name.ending(),
+            Some(Ending::Shutdown),
+            "the first in order of precedence"
+        );
+        // A drain after the ending stops at the wake-up behind what was queued.
+        assert_eq!(received(&mut by_name), [1]);
+        let (first, ended, ending) = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(first, Some(1));
+        assert!(ended, "woken by the ending");
+        assert_eq!(ending, Some(Ending::Shutdown));
+        assert!(!queue.has_overflowed(), "shutdown is not an overflow");
+    }
+
+    #[test]
+    fn an_overflow_is_an_ending() {
+        let registry = Arc::new(StreamRegistry::new(100, 1));
+        let (queue, mut receiver) = registry.new_queue(CancellationToken::new());
+        let _attachment = registry.attach(&[pattern("a")], &queue).unwrap();
+        assert_eq!(registry.deliver(&name("a"), &frame(1)), 1);
+        assert_eq!(registry.deliver(&name("a"), &frame(2)), 0);
+        assert_eq!(receiver.ending(), Some(Ending::Overflow));
+        assert!(receiver.try_recv().is_some(), "what fitted is still there");
+        assert!(receiver.try_recv().is_none(), "then the wake-up, read as nothing");
     }
 
     #[test]
