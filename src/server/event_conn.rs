@@ -214,65 +214,87 @@ async fn write_response(
     // waits (a token's poll takes its mutex), and one future for the whole stream.
     let closed = closed.cancelled();
     tokio::pin!(closed);
+    // Driven by hand rather than with `select!`, which polls every branch on every
+    // wake-up: here the body is polled until it has nothing, and not once more after
+    // a write that did not wait (its waker is still registered), which saves a poll
+    // of the whole subscription per wake-up.
     loop {
-        tokio::select! {
-            biased;
-            read = stream.read(&mut probe) => match read {
-                Ok(0) | Err(_) => return Ok(()),
-                Ok(read) => {
-                    received += read;
-                    if received > MAX_BYTES_AFTER_REQUEST {
-                        metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "unexpected_input").increment(1);
-                        return Ok(());
-                    }
-                }
-            },
-            frame = body.frame() => match frame {
+        loop {
+            let data = match futures::poll!(body.frame()) {
+                Poll::Pending => break,
                 // The last chunk: the response is complete.
-                None => return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut()).await,
+                Poll::Ready(None) => {
+                    return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut())
+                        .await
+                        .map(drop);
+                }
                 // Without the last chunk the client sees the stream broke.
-                Some(Err(error)) => return Err(io::Error::other(error)),
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    // What else the body has ready goes out in the same chunk and
-                    // the same vectored write, each piece from its shared bytes:
-                    // a replay is written without being copied.
-                    let mut more = Vec::new();
-                    let mut bytes = data.len();
-                    let mut after = After::More;
-                    while bytes < MAX_GATHERED_BYTES && more.len() < MAX_GATHERED_PIECES {
-                        match futures::poll!(body.frame()) {
-                            Poll::Pending => break,
-                            Poll::Ready(None) => {
-                                after = After::End;
-                                break;
-                            }
-                            Poll::Ready(Some(Err(error))) => {
-                                after = After::Error(io::Error::other(error));
-                                break;
-                            }
-                            Poll::Ready(Some(Ok(frame))) => {
-                                if let Ok(next) = frame.into_data() {
-                                    bytes += next.len();
-                                    // One allocation for the whole gathering.
-                                    more.reserve_exact(MAX_GATHERED_PIECES);
-                                    more.push(next);
-                                }
-                            }
-                        }
+                Poll::Ready(Some(Err(error))) => return Err(io::Error::other(error)),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue,
+                },
+            };
+            // What else the body has ready goes out in the same chunk and the same
+            // vectored write, each piece from its shared bytes: a replay is written
+            // without being copied.
+            let mut more = Vec::new();
+            let mut bytes = data.len();
+            let mut after = After::Full;
+            while bytes < MAX_GATHERED_BYTES && more.len() < MAX_GATHERED_PIECES {
+                match futures::poll!(body.frame()) {
+                    Poll::Pending => {
+                        after = After::Pending;
+                        break;
                     }
-                    unless_closed(write_chunk(stream, &data, &more), closed.as_mut()).await?;
-                    drop(more);
-                    match after {
-                        After::More => {}
-                        After::End => {
-                            return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut()).await;
+                    Poll::Ready(None) => {
+                        after = After::End;
+                        break;
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        after = After::Error(io::Error::other(error));
+                        break;
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(next) = frame.into_data() {
+                            bytes += next.len();
+                            // One allocation for the whole gathering.
+                            more.reserve_exact(MAX_GATHERED_PIECES);
+                            more.push(next);
                         }
-                        After::Error(error) => return Err(error),
                     }
                 }
-            },
+            }
+            let waited = unless_closed(write_chunk(stream, &data, &more), closed.as_mut()).await?;
+            drop(more);
+            match after {
+                // Nothing more now, and the task did not wait since the body said so.
+                After::Pending if !waited => break,
+                After::Pending | After::Full => {}
+                After::End => {
+                    return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut())
+                        .await
+                        .map(drop);
+                }
+                After::Error(error) => return Err(error),
+            }
         }
+        // The client's side: gone, or sending what an event stream never needs.
+        let read = std::pin::pin!(stream.read(&mut probe));
+        match futures::poll!(read) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(0) | Err(_)) => return Ok(()),
+            Poll::Ready(Ok(read)) => {
+                received += read;
+                if received > MAX_BYTES_AFTER_REQUEST {
+                    metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "unexpected_input").increment(1);
+                    return Ok(());
+                }
+                continue;
+            }
+        }
+        // Both sides have this task's waker: sleep until one of them has something.
+        futures::pending!();
     }
 }
 
@@ -282,25 +304,28 @@ const MAX_GATHERED_PIECES: usize = 64;
 
 /// What the body said after the frames gathered for a write.
 enum After {
-    More,
+    /// The gathering is full: the body may have more.
+    Full,
+    /// Nothing more for now (the body's waker is registered).
+    Pending,
     End,
     Error(io::Error),
 }
 
 /// `write`, unless `closed` is cancelled while it waits for the socket (a write that
-/// completes at once does not look at the token).
+/// completes at once does not look at the token). `Ok(true)` when it had to wait.
 async fn unless_closed(
     write: impl Future<Output = io::Result<()>>,
     closed: Pin<&mut WaitForCancellationFuture<'_>>,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     tokio::pin!(write);
     if let Poll::Ready(result) = futures::poll!(write.as_mut()) {
-        return result;
+        return result.map(|()| false);
     }
     tokio::select! {
         biased;
-        () = closed => Ok(()),
-        result = write => result,
+        () = closed => Err(io::ErrorKind::ConnectionAborted.into()),
+        result = write => result.map(|()| true),
     }
 }
 
