@@ -15,6 +15,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::event::EventId;
@@ -186,45 +187,53 @@ impl Subscription {
 
     /// The response body: every chunk this subscription writes, until it ends.
     pub fn into_body(self) -> Body {
-        let chunks = futures::stream::unfold(self, |mut subscription| async move {
-            let chunk = subscription.next_chunk().await?;
-            Some((Ok::<_, Infallible>(chunk), subscription))
-        });
-        Body::from_stream(chunks)
+        Body::new(self)
     }
 
     /// The next bytes to write, or `None` once the stream has ended.
     pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// Polled by hand rather than written with `async` and `select!`: the response
+    /// body polls this in place for every wake-up, with nothing moved or rebuilt (an
+    /// `unfold` stream moved the whole subscription in and out of a new future for
+    /// every chunk). `Pending` only after the timer and the queue were both polled,
+    /// so each holds the waker.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(opening) = self.opening.take() {
-            return Some(opening);
+            return Poll::Ready(Some(opening));
         }
         if self.ended.is_some() {
-            return None;
+            return Poll::Ready(None);
         }
         if let Some(frame) = self.next_replay_frame() {
-            return Some(frame);
+            return Poll::Ready(Some(frame));
         }
         loop {
             // Shutdown, overflow and revocation end the stream through its queue.
             if let Some(ending) = self.receiver.ending() {
-                return self.end(match ending {
+                return Poll::Ready(self.end(match ending {
                     Ending::Shutdown => EndReason::Shutdown,
                     Ending::Overflow => EndReason::SlowConsumer,
                     Ending::Revoked => EndReason::Revoked,
-                });
+                }));
             }
-            tokio::select! {
-                biased;
-                // Before the queue, so a busy stream still ends at expiry.
-                () = self.timer.as_mut() => {
-                    if let Some(chunk) = self.on_timer() {
-                        return chunk;
-                    }
+            // Before the queue, so a busy stream still ends at expiry.
+            if self.timer.as_mut().poll(cx).is_ready() {
+                match self.on_timer() {
+                    Some(chunk) => return Poll::Ready(chunk),
+                    // Set to the next deadline: polled again, to hold the waker.
+                    None => continue,
                 }
-                frame = self.receiver.recv() => {
-                    // `None`: ended, said at the top of the loop.
-                    if let Some(chunk) = frame.and_then(|frame| self.next_live_chunk(frame)) {
-                        return Some(chunk);
+            }
+            match self.receiver.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                // Ended: said at the top of the loop.
+                Poll::Ready(None) => {}
+                Poll::Ready(Some(frame)) => {
+                    if let Some(chunk) = self.next_live_chunk(frame) {
+                        return Poll::Ready(Some(chunk));
                     }
                 }
             }
@@ -321,6 +330,20 @@ impl Subscription {
             }
             EndReason::SlowConsumer | EndReason::ClientClosed => None,
         }
+    }
+}
+
+impl http_body::Body for Subscription {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .poll_chunk(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(http_body::Frame::data(bytes))))
     }
 }
 

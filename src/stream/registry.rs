@@ -153,19 +153,26 @@ impl QueueReceiver {
     /// The next frame; `None` once the subscription was ended ([`Self::ending`]
     /// says why), without waiting for what is still queued.
     pub async fn recv(&mut self) -> Option<Arc<Frame>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Self::recv`] for callers that poll by hand: `Ready(None)` once ended.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Frame>>> {
+        use std::task::Poll;
         loop {
             if self.ending().is_some() {
-                return None;
+                return Poll::Ready(None);
             }
-            match self.receiver.recv().await {
-                Some(Item::Frame(frame)) => {
+            match self.receiver.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Item::Frame(frame))) => {
                     self.state.queued.fetch_sub(1, Ordering::AcqRel);
-                    return Some(frame);
+                    return Poll::Ready(Some(frame));
                 }
                 // The flag is set: the loop returns.
-                Some(Item::Ended) => {}
+                Poll::Ready(Some(Item::Ended)) => {}
                 // Every sender is gone, which only a detach after overflow does.
-                None => {
+                Poll::Ready(None) => {
                     self.state.set(Ending::Overflow);
                 }
             }
