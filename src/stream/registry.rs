@@ -107,6 +107,7 @@ impl SubscriberQueue {
     }
 
     /// Cancelled when a frame for this subscriber did not fit in its queue.
+    #[cfg(test)]
     pub fn overflowed(&self) -> &CancellationToken {
         &self.overflowed
     }
@@ -150,13 +151,15 @@ pub struct QueueReceiver {
 }
 
 impl QueueReceiver {
-    /// The next frame; `None` once the subscription was ended ([`Self::ending`]
-    /// says why), without waiting for what is still queued.
+    /// [`Self::poll_recv`] as a future (the tests' way in).
+    #[cfg(test)]
     pub async fn recv(&mut self) -> Option<Arc<Frame>> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// [`Self::recv`] for callers that poll by hand: `Ready(None)` once ended.
+    /// The next frame, for callers that poll by hand; `Ready(None)` once the
+    /// subscription was ended ([`Self::ending`] says why), without waiting for what
+    /// is still queued.
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Arc<Frame>>> {
         use std::task::Poll;
         loop {
