@@ -18,6 +18,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use tokio::time::{Instant as TimerInstant, Sleep};
+
 use crate::event::EventId;
 use crate::frame::Frame;
 use crate::history::Replay;
@@ -26,9 +30,6 @@ use crate::metrics as m;
 use crate::revocation::Watch;
 use crate::sse;
 use crate::stream::{Attachment, Ending, QueueReceiver};
-use axum::body::Body;
-use bytes::{Bytes, BytesMut};
-use tokio::time::{Instant as TimerInstant, Sleep};
 
 /// Largest single write assembled from pending frames.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -157,11 +158,6 @@ impl Subscription {
         let replayed_through = replay.seam();
         let next_heartbeat = TimerInstant::now() + timing.heartbeat;
         let expiry = close_at.map(timer_instant);
-        let first = [Some(next_heartbeat), expiry, warning.map(|(at, _)| at)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(next_heartbeat);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
         Self {
             attachment,
@@ -170,7 +166,7 @@ impl Subscription {
             replay: Some(replay.frames.into_iter()),
             replayed_through,
             envelope,
-            timer: Box::pin(tokio::time::sleep_until(first)),
+            timer: Box::pin(tokio::time::sleep_until(earliest(next_heartbeat, expiry, warning))),
             next_heartbeat,
             expiry,
             warning,
@@ -258,12 +254,9 @@ impl Subscription {
         } else {
             None
         };
-        let next = [Some(self.next_heartbeat), self.expiry, self.warning.map(|(at, _)| at)]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(self.next_heartbeat);
-        self.timer.as_mut().reset(next);
+        self.timer
+            .as_mut()
+            .reset(earliest(self.next_heartbeat, self.expiry, self.warning));
         outcome
     }
 
@@ -408,6 +401,19 @@ impl ChunkBuilder {
     fn finish(self) -> Option<Bytes> {
         self.joined.map(BytesMut::freeze).or(self.single)
     }
+}
+
+/// What the one timer is set to: the earliest of the next heartbeat, the token's
+/// expiry and the expiry warning.
+fn earliest(
+    heartbeat: TimerInstant,
+    expiry: Option<TimerInstant>,
+    warning: Option<(TimerInstant, u64)>,
+) -> TimerInstant {
+    [expiry, warning.map(|(at, _)| at)]
+        .into_iter()
+        .flatten()
+        .fold(heartbeat, TimerInstant::min)
 }
 
 /// The timer instant of a wall-clock time (now, when it has passed).

@@ -90,9 +90,9 @@ struct QueueState {
 }
 
 impl QueueState {
-    /// Sets `ending`; `true` when it is the first ending of this queue.
-    fn set(&self, ending: Ending) -> bool {
-        self.endings.fetch_or(ending.bit(), Ordering::AcqRel) == 0
+    /// Sets `ending`; returns the endings set before.
+    fn set(&self, ending: Ending) -> u8 {
+        self.endings.fetch_or(ending.bit(), Ordering::AcqRel)
     }
 
     fn has(&self, ending: Ending) -> bool {
@@ -119,11 +119,14 @@ impl SubscriberQueue {
 
     /// Ends the subscription: it stops at its next chunk, after nothing more of
     /// its queue (the wake-up goes behind what is queued, the flag is read first).
-    pub fn end(&self, ending: Ending) {
-        if self.state.set(ending) {
+    /// `true` when `ending` was not set before.
+    pub fn end(&self, ending: Ending) -> bool {
+        let before = self.state.set(ending);
+        if before == 0 {
             // Fails only when the subscription is gone already.
             let _ = self.sender.send(Item::Ended);
         }
+        before & ending.bit() == 0
     }
 
     /// Offers `frame` to a queue of `capacity`; `false` means the subscriber must be
@@ -131,8 +134,8 @@ impl SubscriberQueue {
     fn offer(&self, frame: &Arc<Frame>, capacity: usize) -> bool {
         if self.state.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
             self.state.queued.fetch_sub(1, Ordering::AcqRel);
-            if !self.state.has(Ending::Overflow) {
-                self.end(Ending::Overflow);
+            // Counted and closed once, however many offers find it full at once.
+            if self.end(Ending::Overflow) {
                 self.overflowed.cancel();
                 metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
             }
@@ -423,10 +426,14 @@ impl StreamRegistry {
     /// Ends every attached subscription (at shutdown).
     pub fn end_all(&self, ending: Ending) {
         for entry in &self.streams {
-            entry.value().iter().for_each(|queue| queue.end(ending));
+            for queue in entry.value() {
+                queue.end(ending);
+            }
         }
         for entry in &self.prefixes {
-            entry.value().iter().for_each(|queue| queue.end(ending));
+            for queue in entry.value() {
+                queue.end(ending);
+            }
         }
     }
 
