@@ -9,6 +9,7 @@ pub mod streams;
 pub mod subscribe;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -42,7 +43,7 @@ async fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
     sources: TokenSources<'_>,
-) -> Result<Verified, ApiError> {
+) -> Result<Arc<Verified>, ApiError> {
     let token = find_token(headers, query, sources)?;
     let verified = state.verifier.verify_fetching(&token).await?;
     crate::access_log::record_subject(verified.claims.sub.as_deref());

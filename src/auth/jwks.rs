@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,9 @@ pub struct Jwks {
     cooldown: Duration,
     /// When the last fetch started; held while one runs, so fetches are one at a time.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// Counts the key sets installed: a token verified under an older set is
+    /// verified again (the verifier's cache compares it).
+    generation: AtomicU64,
 }
 
 impl Jwks {
@@ -95,6 +99,7 @@ impl Jwks {
             refresh: auth.jwks_refresh,
             cooldown: auth.jwks_cooldown,
             last_fetch: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -102,6 +107,11 @@ impl Jwks {
     pub fn key(&self, kid: &str) -> Option<SetKey> {
         let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         keys.get(kid).cloned()
+    }
+
+    /// Changes whenever a key set is installed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Keys in the set in use.
@@ -159,6 +169,7 @@ impl Jwks {
             Ok(keys) => {
                 let count = keys.len();
                 *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 metrics::gauge!(m::JWKS_KEYS).set(count as f64);
                 tracing::info!(trigger, keys = count, "JWKS loaded");
             }

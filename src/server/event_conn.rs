@@ -195,9 +195,9 @@ async fn write_response(
         Some(length) => write!(head, "content-length: {length}\r\nconnection: close\r\n\r\n")?,
         None => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
     }
-    stream.write_all(&head).await?;
-    drop(head);
     if length.is_some() {
+        stream.write_all(&head).await?;
+        drop(head);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
                 stream.write_all(&data).await?;
@@ -218,18 +218,31 @@ async fn write_response(
     // wake-up: here the body is polled until it has nothing, and not once more after
     // a write that did not wait (its waker is still registered), which saves a poll
     // of the whole subscription per wake-up.
+    // The head goes out with the first chunk (an event stream's preamble is ready at
+    // once): one write and one segment for a new subscriber, not two.
+    let mut head = Some(head);
     loop {
         loop {
             let data = match futures::poll!(body.frame()) {
-                Poll::Pending => break,
+                Poll::Pending => {
+                    if let Some(head) = head.take() {
+                        unless_closed(stream.write_all(&head), closed.as_mut()).await?;
+                    }
+                    break;
+                }
                 // The last chunk: the response is complete.
                 Poll::Ready(None) => {
-                    return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut())
-                        .await
-                        .map(drop);
+                    let mut end = head.take().unwrap_or_default();
+                    end.extend_from_slice(b"0\r\n\r\n");
+                    return unless_closed(stream.write_all(&end), closed.as_mut()).await.map(drop);
                 }
                 // Without the last chunk the client sees the stream broke.
-                Poll::Ready(Some(Err(error))) => return Err(io::Error::other(error)),
+                Poll::Ready(Some(Err(error))) => {
+                    if let Some(head) = head.take() {
+                        unless_closed(stream.write_all(&head), closed.as_mut()).await?;
+                    }
+                    return Err(io::Error::other(error));
+                }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => data,
                     Err(_) => continue,
@@ -265,7 +278,8 @@ async fn write_response(
                     }
                 }
             }
-            let waited = unless_closed(write_chunk(stream, &data, &more), closed.as_mut()).await?;
+            let head = head.take().unwrap_or_default();
+            let waited = unless_closed(write_chunk(stream, &head, &data, &more), closed.as_mut()).await?;
             drop(more);
             match after {
                 // Nothing more now, and the task did not wait since the body said so.
@@ -329,12 +343,12 @@ async fn unless_closed(
     }
 }
 
-/// One chunk (`<hex size>\r\n<data…>\r\n`) in one vectored write when the socket
-/// takes it.
-async fn write_chunk(stream: &mut TcpStream, data: &[u8], more: &[Bytes]) -> io::Result<()> {
+/// `head` (the response head before the first chunk, else empty), then one chunk
+/// (`<hex size>\r\n<data…>\r\n`), in one vectored write when the socket takes it.
+async fn write_chunk(stream: &mut TcpStream, head: &[u8], data: &[u8], more: &[Bytes]) -> io::Result<()> {
     let len = data.len() + more.iter().map(Bytes::len).sum::<usize>();
     if len == 0 {
-        return Ok(());
+        return stream.write_all(head).await;
     }
     let mut size_line = [0_u8; 20];
     let size_len = {
@@ -344,13 +358,15 @@ async fn write_chunk(stream: &mut TcpStream, data: &[u8], more: &[Bytes]) -> io:
     };
     if more.is_empty() {
         let mut slices = [
+            IoSlice::new(head),
             IoSlice::new(&size_line[..size_len]),
             IoSlice::new(data),
             IoSlice::new(b"\r\n"),
         ];
         return write_all_vectored(stream, &mut slices).await;
     }
-    let mut slices = Vec::with_capacity(more.len() + 3);
+    let mut slices = Vec::with_capacity(more.len() + 4);
+    slices.push(IoSlice::new(head));
     slices.push(IoSlice::new(&size_line[..size_len]));
     slices.push(IoSlice::new(data));
     slices.extend(more.iter().map(|piece| IoSlice::new(piece)));

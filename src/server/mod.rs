@@ -179,20 +179,27 @@ pub async fn run(
         }
         false => None,
     };
-    let serve = http::serve(
+    // Spawned, not awaited here: `run` is the runtime's `block_on` future, which
+    // tokio polls on the calling thread, not on a worker. An accept loop there costs
+    // two thread switches per new connection (the worker wakes it, it hands the
+    // connection back to the worker); measured with `bench/compare-nchan.sh idle`.
+    let mut serve = tokio::spawn(http::serve(
         listeners.main,
         router::router(state.clone()),
         settings,
         acceptor,
         shutdown.token().clone(),
-    );
+    ));
     let deadline = async {
         shutdown.token().cancelled().await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        result = serve => result?,
-        () = deadline => tracing::warn!(?grace, "shutdown grace elapsed; abandoning open connections"),
+        result = &mut serve => result.map_err(std::io::Error::other)??,
+        () = deadline => {
+            serve.abort();
+            tracing::warn!(?grace, "shutdown grace elapsed; abandoning open connections");
+        }
     }
     on_signal.abort();
     if let Some(metrics_server) = metrics_server {
