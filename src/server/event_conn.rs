@@ -214,13 +214,13 @@ async fn write_response(
     // waits (a token's poll takes its mutex), and one future for the whole stream.
     let closed = closed.cancelled();
     tokio::pin!(closed);
+    // The head goes out with the first chunk (an event stream's preamble is ready at
+    // once): one write and one segment for a new subscriber, not two.
+    let mut head = Some(head);
     // Driven by hand rather than with `select!`, which polls every branch on every
     // wake-up: here the body is polled until it has nothing, and not once more after
     // a write that did not wait (its waker is still registered), which saves a poll
     // of the whole subscription per wake-up.
-    // The head goes out with the first chunk (an event stream's preamble is ready at
-    // once): one write and one segment for a new subscriber, not two.
-    let mut head = Some(head);
     loop {
         loop {
             let data = match futures::poll!(body.frame()) {

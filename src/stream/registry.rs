@@ -231,8 +231,9 @@ enum Subscribers {
     Many(IndexMap<u64, SubscriberQueue>),
 }
 
-/// Subscribers of one stream or pattern from which they are indexed: the index costs
-/// about 100 bytes a subscriber more than the `Vec` on small streams.
+/// Subscribers of one stream or pattern from which they are indexed. The index
+/// would cost a stream of one subscriber about 100 bytes more than the `Vec`, and
+/// most streams have few subscribers.
 const INDEXED_FROM: usize = 64;
 
 impl Default for Subscribers {
