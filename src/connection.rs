@@ -6,18 +6,37 @@
 //! would never end otherwise), and to say that the connection now serves an event
 //! stream (it then stops counting against the bound on connections that are not
 //! event streams, and counts against `limits.max_connections` instead). The server
-//! owns what these signals do; handlers know nothing about sockets.
+//! owns what these signals do; handlers know nothing about sockets, and pass on an
+//! opaque [`DirectSocket`] the server may offer for an event stream's deliveries.
+
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+
+use crate::stream::DirectSocket;
 
 /// A handle on the client's connection; clones share it.
 #[derive(Debug, Clone, Default)]
 pub struct ClientConnection {
     close: CancellationToken,
     event_stream: CancellationToken,
+    direct: Option<Arc<DirectSocket>>,
 }
 
 impl ClientConnection {
+    /// The connection with its socket offered to an event stream's deliveries, which
+    /// may write to it directly while the server has nothing to write.
+    #[must_use]
+    pub fn with_direct_socket(mut self, socket: Arc<DirectSocket>) -> Self {
+        self.direct = Some(socket);
+        self
+    }
+
+    /// The socket direct deliveries may write to, when the server offers it.
+    pub fn direct_socket(&self) -> Option<&Arc<DirectSocket>> {
+        self.direct.as_ref()
+    }
+
     /// Cancelled when the connection must be closed at once.
     pub fn close_token(&self) -> &CancellationToken {
         &self.close

@@ -97,9 +97,6 @@ pub struct Subscription {
     /// Held frames still to write; dropped once written, so an idle connection does
     /// not keep the list (8 bytes a frame) for its whole life.
     replay: Option<std::vec::IntoIter<Arc<Frame>>>,
-    /// Every event up to this id was written (or the client had it): a frame not
-    /// newer is a duplicate.
-    replayed_through: EventId,
     envelope: bool,
     /// One timer for the three deadlines below, set to the earliest: one timer
     /// entry per open stream, not three, and one poll beside each frame.
@@ -155,7 +152,9 @@ impl Subscription {
             Some((at, exp)) => Some((timer_instant(at), exp)),
             None => None,
         };
-        let replayed_through = replay.seam();
+        // Every event up to the seam was written (or the client had it): a live
+        // frame not newer is a duplicate.
+        receiver.advance_through(replay.seam());
         let next_heartbeat = TimerInstant::now() + timing.heartbeat;
         let expiry = close_at.map(timer_instant);
         metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
@@ -164,7 +163,6 @@ impl Subscription {
             receiver,
             opening: Some(opening.freeze()),
             replay: Some(replay.frames.into_iter()),
-            replayed_through,
             envelope,
             timer: Box::pin(tokio::time::sleep_until(earliest(next_heartbeat, expiry, warning))),
             next_heartbeat,
@@ -207,6 +205,18 @@ impl Subscription {
             return Poll::Ready(Some(frame));
         }
         loop {
+            // While the socket is lent to direct deliveries (see `stream::direct`),
+            // this writes nothing: it waits to be handed the socket back, or takes
+            // it back when a deadline passed.
+            if let Some(direct) = self.receiver.direct()
+                && !direct.owned_by_task()
+            {
+                direct.register(cx.waker());
+                let due = self.timer.as_mut().poll(cx).is_ready() || self.receiver.is_pending();
+                if !(due && direct.take_back() || direct.owned_by_task()) {
+                    return Poll::Pending;
+                }
+            }
             // Shutdown, overflow and revocation end the stream through its queue.
             if let Some(ending) = self.receiver.ending() {
                 return Poll::Ready(self.end(match ending {
@@ -281,12 +291,13 @@ impl Subscription {
         let mut chunk = ChunkBuilder::default();
         let mut oldest: Option<Instant> = None;
         let mut next = Some(first);
+        let mut through = self.receiver.through();
         while let Some(frame) = next {
-            if frame.id > self.replayed_through {
+            if frame.id > through {
                 oldest.get_or_insert(frame.published_at);
                 chunk.push(bytes_of(&frame, self.envelope));
                 if frame.id != EventId::MAX {
-                    self.replayed_through = frame.id;
+                    through = frame.id;
                 }
             }
             if chunk.len() >= MAX_CHUNK_BYTES {
@@ -294,6 +305,7 @@ impl Subscription {
             }
             next = self.receiver.try_recv();
         }
+        self.receiver.advance_through(through);
         if self.attachment.queue().has_overflowed() {
             return None;
         }
@@ -462,6 +474,7 @@ mod tests {
                 token: None,
                 close_at: None,
                 close_connection: tokio_util::sync::CancellationToken::new(),
+                direct: None,
             })
             .await
             .unwrap();

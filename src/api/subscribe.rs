@@ -68,6 +68,7 @@ async fn open(
         token: Some(&verified.claims),
         close_at,
         close_connection: client.close_token().clone(),
+        direct: client.direct_socket().cloned(),
     };
     let subscription = state.node.subscribe(request).await?;
     client.mark_event_stream();

@@ -243,15 +243,19 @@ impl LocalBroker {
         let Some(journal) = &self.journal else {
             let mut ids = Vec::with_capacity(events.len());
             let mut evicted = Evicted::default();
+            let mut deliveries = self.registry.deliveries();
             for event in events {
                 let frame = next_frame(&mut local, &event);
                 ids.push(frame.id);
-                self.registry.deliver(&event.stream, &frame);
+                deliveries.deliver(&event.stream, &frame);
                 local.held.append(&event.stream, frame, &mut evicted);
             }
             if let Some((guard, _)) = claim {
                 guard.complete(ids.clone());
             }
+            // Writes to lent sockets after the lock.
+            drop(local);
+            drop(deliveries);
             return Ok((ids, None));
         };
         let published_ms = unix_millis();
@@ -291,10 +295,14 @@ fn apply_committed(state: Weak<Mutex<Local>>, registry: Arc<StreamRegistry>) -> 
             return evicted;
         };
         let mut local = lock(&state);
+        let mut deliveries = registry.deliveries();
         for Staged { stream, frame, .. } in staged {
-            registry.deliver(&stream, &frame);
+            deliveries.deliver(&stream, &frame);
             local.held.append(&stream, frame, &mut evicted);
         }
+        // Writes to lent sockets after the lock.
+        drop(local);
+        drop(deliveries);
         evicted
     })
 }

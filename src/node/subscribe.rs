@@ -8,6 +8,7 @@
 //! the read or arrives on the queue afterwards, and the subscription drops what
 //! arrives twice.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::auth::Claims;
@@ -20,7 +21,7 @@ use crate::history::{self, Replay, Resume};
 use crate::limits::{LimitError, Slots};
 use crate::metrics as m;
 use crate::stream::pattern::minimal;
-use crate::stream::{RegistryError, StreamName, StreamPattern};
+use crate::stream::{Direct, DirectSocket, RegistryError, StreamName, StreamPattern};
 use crate::subscription::{Parts, Subscription};
 
 /// What a new subscription asks for.
@@ -46,6 +47,8 @@ pub struct SubscribeRequest<'a> {
     /// Closes the client's connection at once; cancelled when its queue overflows
     /// (a client that stopped reading would never see the stream end otherwise).
     pub close_connection: CancellationToken,
+    /// The client's socket, when the server lets deliveries write to it directly.
+    pub direct: Option<Arc<DirectSocket>>,
 }
 
 /// Why a subscription was refused.
@@ -103,7 +106,11 @@ impl Node {
         let patterns = minimal(&request.streams);
         let subject = self.limiter.admit_stream(request.subject, &patterns)?;
         let connection = self.connections.try_acquire().ok_or(SubscribeError::ConnectionLimit)?;
-        let (queue, receiver) = self.registry.new_queue(request.close_connection);
+        let direct = request.direct.map(|socket| Direct {
+            socket,
+            envelope: request.envelope,
+        });
+        let (queue, receiver) = self.registry.new_queue_writing_to(request.close_connection, direct);
         let attachment = self.registry.attach(&patterns, &queue)?;
         // Shutdown ends the attached subscriptions through their queues: one that
         // attached after that pass sees the flag set before it.

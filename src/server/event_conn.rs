@@ -15,6 +15,7 @@
 
 use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -24,13 +25,14 @@ use axum::http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tower::ServiceExt as _;
 
 use crate::connection::ClientConnection;
 use crate::metrics as m;
+use crate::stream::DirectSocket;
 
 /// The request target this path serves; anything else goes to hyper.
 const EVENTS_PATH: &[u8] = b"/events";
@@ -146,31 +148,28 @@ fn build_request(head: &httparse::Request<'_, '_>) -> Option<Request<Body>> {
 }
 
 /// Routes the request and writes its response; the connection closes after it.
-pub(super) async fn serve(
-    mut stream: TcpStream,
-    request: Box<Request<Body>>,
-    router: Router,
-    client: ClientConnection,
-) {
+/// An event stream's subscription may be given the socket to write to directly
+/// while this task has nothing to write (see [`crate::stream::direct`]).
+pub(super) async fn serve(stream: TcpStream, request: Box<Request<Body>>, router: Router, client: ClientConnection) {
     let mut request = *request;
     let closed = client.close_token().clone();
-    request.extensions_mut().insert(client);
+    let direct = Arc::new(DirectSocket::new(stream));
+    request
+        .extensions_mut()
+        .insert(client.with_direct_socket(Arc::clone(&direct)));
     // Boxed: the router's future is large and needed only until the response exists;
     // outside this task's state it does not weigh on every open stream.
     let response = match Box::pin(router.oneshot(request)).await {
         Ok(response) => response,
         Err(infallible) => match infallible {},
     };
-    if let Err(error) = write_response(&mut stream, response, &closed).await {
+    if let Err(error) = write_response(response, &closed, &direct).await {
         tracing::trace!(%error, "event stream connection ended with an error");
     }
 }
 
-async fn write_response(
-    stream: &mut TcpStream,
-    response: Response<Body>,
-    closed: &CancellationToken,
-) -> io::Result<()> {
+async fn write_response(response: Response<Body>, closed: &CancellationToken, direct: &DirectSocket) -> io::Result<()> {
+    let stream = direct.socket();
     let (parts, mut body) = response.into_parts();
     let length = http_body::Body::size_hint(&body).exact();
     let mut head = Vec::with_capacity(512);
@@ -196,11 +195,11 @@ async fn write_response(
         None => head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n"),
     }
     if length.is_some() {
-        stream.write_all(&head).await?;
+        write_all(stream, &head).await?;
         drop(head);
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
-                stream.write_all(&data).await?;
+                write_all(stream, &data).await?;
             }
         }
         return Ok(());
@@ -223,10 +222,15 @@ async fn write_response(
     // of the whole subscription per wake-up.
     loop {
         loop {
+            // What a direct write left unwritten goes before anything else.
+            if let Some(rest) = direct.take_remainder() {
+                let mut slices: Vec<IoSlice<'_>> = rest.iter().map(|piece| IoSlice::new(piece)).collect();
+                unless_closed(write_all_vectored(stream, &mut slices), closed.as_mut()).await?;
+            }
             let data = match futures::poll!(body.frame()) {
                 Poll::Pending => {
                     if let Some(head) = head.take() {
-                        unless_closed(stream.write_all(&head), closed.as_mut()).await?;
+                        unless_closed(write_all(stream, &head), closed.as_mut()).await?;
                     }
                     break;
                 }
@@ -234,12 +238,12 @@ async fn write_response(
                 Poll::Ready(None) => {
                     let mut end = head.take().unwrap_or_default();
                     end.extend_from_slice(b"0\r\n\r\n");
-                    return unless_closed(stream.write_all(&end), closed.as_mut()).await.map(drop);
+                    return unless_closed(write_all(stream, &end), closed.as_mut()).await.map(drop);
                 }
                 // Without the last chunk the client sees the stream broke.
                 Poll::Ready(Some(Err(error))) => {
                     if let Some(head) = head.take() {
-                        unless_closed(stream.write_all(&head), closed.as_mut()).await?;
+                        unless_closed(write_all(stream, &head), closed.as_mut()).await?;
                     }
                     return Err(io::Error::other(error));
                 }
@@ -286,16 +290,22 @@ async fn write_response(
                 After::Pending if !waited => break,
                 After::Pending | After::Full => {}
                 After::End => {
-                    return unless_closed(stream.write_all(b"0\r\n\r\n"), closed.as_mut())
+                    return unless_closed(write_all(stream, b"0\r\n\r\n"), closed.as_mut())
                         .await
                         .map(drop);
                 }
                 After::Error(error) => return Err(error),
             }
         }
+        // Everything is written and the body has nothing: deliveries may write
+        // to the socket until the body's subscription takes it back.
+        std::future::poll_fn(|cx| {
+            direct.lend(cx.waker());
+            Poll::Ready(())
+        })
+        .await;
         // The client's side: gone, or sending what an event stream never needs.
-        let read = std::pin::pin!(stream.read(&mut probe));
-        match futures::poll!(read) {
+        match std::future::poll_fn(|cx| Poll::Ready(poll_read_some(stream, cx, &mut probe))).await {
             Poll::Pending => {}
             Poll::Ready(Ok(0) | Err(_)) => return Ok(()),
             Poll::Ready(Ok(read)) => {
@@ -345,10 +355,10 @@ async fn unless_closed(
 
 /// `head` (the response head before the first chunk, else empty), then one chunk
 /// (`<hex size>\r\n<data…>\r\n`), in one vectored write when the socket takes it.
-async fn write_chunk(stream: &mut TcpStream, head: &[u8], data: &[u8], more: &[Bytes]) -> io::Result<()> {
+async fn write_chunk(stream: &TcpStream, head: &[u8], data: &[u8], more: &[Bytes]) -> io::Result<()> {
     let len = data.len() + more.iter().map(Bytes::len).sum::<usize>();
     if len == 0 {
-        return stream.write_all(head).await;
+        return write_all(stream, head).await;
     }
     let mut size_line = [0_u8; 20];
     let size_len = {
@@ -374,16 +384,43 @@ async fn write_chunk(stream: &mut TcpStream, head: &[u8], data: &[u8], more: &[B
     write_all_vectored(stream, &mut slices).await
 }
 
-/// Writes every slice, as few `writev` calls as the socket allows.
-async fn write_all_vectored(stream: &mut TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
-    while !slices.is_empty() {
-        let written = stream.write_vectored(slices).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+/// Writes every slice, as few `writev` calls as the socket allows. Through a shared
+/// reference: direct deliveries write to the same socket while it is lent out.
+/// Waits with `poll_write_ready`, which keeps the waker in the socket's own slot:
+/// the `writable()` future would add its waiter to every connection task's size.
+async fn write_all_vectored(stream: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    std::future::poll_fn(|cx| {
+        while !slices.is_empty() {
+            match stream.try_write_vectored(slices) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(error) = std::task::ready!(stream.poll_write_ready(cx)) {
+                        return Poll::Ready(Err(error));
+                    }
+                }
+                Err(error) => return Poll::Ready(Err(error)),
+            }
         }
-        IoSlice::advance_slices(&mut slices, written);
+        Poll::Ready(Ok(()))
+    })
+    .await
+}
+
+async fn write_all(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+    write_all_vectored(stream, &mut [IoSlice::new(bytes)]).await
+}
+
+/// Reads what the client sends (`Ok(0)`: it closed its side).
+fn poll_read_some(stream: &TcpStream, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    loop {
+        match stream.try_read(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                std::task::ready!(stream.poll_read_ready(cx))?;
+            }
+            read => return Poll::Ready(read),
+        }
     }
-    Ok(())
 }
 
 /// The client's connection with the bytes already read put back in front, for hyper.

@@ -28,6 +28,8 @@ use indexmap::IndexMap;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::direct::{Claims, DirectSocket, Flusher};
+use crate::event::EventId;
 use crate::frame::Frame;
 use crate::metrics as m;
 use crate::stream::{StreamName, StreamPattern};
@@ -83,14 +85,58 @@ impl Ending {
 
 /// What both halves of a queue share: its length, and the endings set (read for
 /// every chunk written, so plain atomics rather than a token, whose `is_cancelled`
-/// takes a mutex).
+/// takes a mutex); the id written through; the socket when deliveries may write to
+/// it directly (see [`super::direct`]).
 #[derive(Debug, Default)]
-struct QueueState {
+pub(super) struct QueueState {
     queued: AtomicUsize,
     endings: AtomicU8,
+    /// Every event up to this id was written (or the client had it): a frame not
+    /// newer is a duplicate. Written by whoever owns the socket.
+    through: AtomicU64,
+    direct: Option<Direct>,
+    /// While the flusher holds a claim on the socket: the claim's position among
+    /// all claims (see `direct::Batch`).
+    claim_slot: AtomicU64,
+}
+
+/// A socket deliveries may write to while its task lends it out.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    pub socket: Arc<DirectSocket>,
+    /// Whether the subscriber reads envelopes.
+    pub envelope: bool,
 }
 
 impl QueueState {
+    pub(super) fn direct(&self) -> Option<(&DirectSocket, bool)> {
+        self.direct.as_ref().map(|direct| (&*direct.socket, direct.envelope))
+    }
+
+    pub(super) fn through(&self) -> EventId {
+        EventId::from_u64(self.through.load(Ordering::Relaxed))
+    }
+
+    /// Records `id` as written (a notice's `EventId::MAX` is not an event id).
+    pub(super) fn advance_through(&self, id: EventId) {
+        if id != EventId::MAX {
+            self.through.store(id.as_u64(), Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn claim_slot(&self) -> u64 {
+        self.claim_slot.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_claim_slot(&self, slot: u64) {
+        self.claim_slot.store(slot, Ordering::Relaxed);
+    }
+
+    /// Whether the task has something to do: a queued frame or an ending.
+    pub(super) fn is_pending(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) > 0 || self.endings.load(Ordering::SeqCst) != 0
+    }
+
     /// Sets `ending`; returns the endings set before.
     fn set(&self, ending: Ending) -> u8 {
         self.endings.fetch_or(ending.bit(), Ordering::AcqRel)
@@ -127,13 +173,17 @@ impl SubscriberQueue {
             // Fails only when the subscription is gone already.
             let _ = self.sender.send(Item::Ended);
         }
+        self.hand_back_if_lent();
         before & ending.bit() == 0
     }
 
-    /// Offers `frame` to a queue of `capacity`; `false` means the subscriber must be
-    /// detached.
-    fn offer(&self, frame: &Arc<Frame>, capacity: usize) -> bool {
-        if self.state.queued.fetch_add(1, Ordering::AcqRel) >= capacity {
+    /// Offers `frame` to a queue of `capacity`, or to the flusher's claim on the
+    /// subscriber's lent socket; `false` means the subscriber must be detached.
+    fn offer(&self, frame: &Arc<Frame>, capacity: usize, claims: &mut Claims<'_>) -> bool {
+        if claims.take(&self.state, frame) {
+            return true;
+        }
+        if self.state.queued.fetch_add(1, Ordering::SeqCst) >= capacity {
             self.state.queued.fetch_sub(1, Ordering::AcqRel);
             // Counted and closed once, however many offers find it full at once.
             if self.end(Ending::Overflow) {
@@ -143,7 +193,17 @@ impl SubscriberQueue {
             return false;
         }
         // Fails only when the subscription is gone: detach it.
-        self.sender.send(Item::Frame(Arc::clone(frame))).is_ok()
+        let sent = self.sender.send(Item::Frame(Arc::clone(frame))).is_ok();
+        self.hand_back_if_lent();
+        sent
+    }
+
+    /// After queueing or ending: a socket lent out goes back to the task, which has
+    /// something to do (one that is being written is handed back by its writer).
+    fn hand_back_if_lent(&self) {
+        if let Some((socket, _)) = self.state.direct() {
+            socket.hand_back_if_lent();
+        }
     }
 }
 
@@ -197,6 +257,26 @@ impl QueueReceiver {
         }
     }
 
+    /// Every event up to this id was written (or the client had it).
+    pub fn through(&self) -> EventId {
+        self.state.through()
+    }
+
+    /// Records `id` as written; called only by the socket's owner.
+    pub fn advance_through(&self, id: EventId) {
+        self.state.advance_through(id);
+    }
+
+    /// The socket deliveries may write to while the task lends it out.
+    pub fn direct(&self) -> Option<&DirectSocket> {
+        self.state.direct().map(|(socket, _)| socket)
+    }
+
+    /// Whether a frame is queued or an ending set.
+    pub fn is_pending(&self) -> bool {
+        self.state.is_pending()
+    }
+
     /// Why the subscription was ended from outside, if it was.
     pub fn ending(&self) -> Option<Ending> {
         let endings = self.state.endings.load(Ordering::Acquire);
@@ -218,6 +298,8 @@ pub struct StreamRegistry {
     max_streams: usize,
     queue_capacity: usize,
     next_subscriber: AtomicU64,
+    /// Writes to lent sockets.
+    flusher: Flusher,
 }
 
 /// The subscribers of one stream or pattern. Most streams have a few, kept in a
@@ -365,6 +447,7 @@ impl StreamRegistry {
             max_streams,
             queue_capacity,
             next_subscriber: AtomicU64::new(1),
+            flusher: Flusher::default(),
         }
     }
 
@@ -373,8 +456,21 @@ impl StreamRegistry {
     /// token that closes the client's connection, so a client that stopped reading
     /// is cut off at once, whether or not its response is being polled).
     pub fn new_queue(&self, overflowed: CancellationToken) -> (SubscriberQueue, QueueReceiver) {
+        self.new_queue_writing_to(overflowed, None)
+    }
+
+    /// [`Self::new_queue`] for a subscriber whose socket deliveries may write to
+    /// directly while its task lends it out.
+    pub fn new_queue_writing_to(
+        &self,
+        overflowed: CancellationToken,
+        direct: Option<Direct>,
+    ) -> (SubscriberQueue, QueueReceiver) {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let state = Arc::new(QueueState::default());
+        let state = Arc::new(QueueState {
+            direct: direct.filter(|_| self.flusher.start()),
+            ..QueueState::default()
+        });
         let queue = SubscriberQueue {
             id: self.next_subscriber.fetch_add(1, Ordering::Relaxed),
             sender,
@@ -484,17 +580,17 @@ impl StreamRegistry {
     /// every pattern matching it, detaching those whose queue is full or closed.
     /// Never blocks and allocates nothing per subscriber.
     pub fn deliver(&self, stream: &StreamName, frame: &Arc<Frame>) -> usize {
-        let mut delivered = 0;
-        if let Some(mut subscribers) = self.streams.get_mut(stream) {
-            delivered += self.offer(&mut subscribers, frame);
+        self.deliveries().deliver(stream, frame)
+    }
+
+    /// Deliveries of several frames (one publish request's events) that write to
+    /// lent sockets together, when dropped: a subscriber that gets several of them
+    /// gets one chunk (see [`super::direct`]). A broker drops it after its lock.
+    pub fn deliveries(&self) -> Deliveries<'_> {
+        Deliveries {
+            registry: self,
+            claims: self.flusher.lock(),
         }
-        let name = stream.as_str();
-        self.prefix_lengths.for_each_up_to(name.len(), |length| {
-            if let Some(mut subscribers) = self.prefixes.get_mut(&name[..length]) {
-                delivered += self.offer(&mut subscribers, frame);
-            }
-        });
-        delivered
     }
 
     /// Ends every attached subscription (at shutdown).
@@ -514,22 +610,23 @@ impl StreamRegistry {
     /// Offers `frame` to the subscribers of exactly `pattern` (a notice about that
     /// subscription), not to those of other matching names or patterns.
     pub fn deliver_to(&self, pattern: &StreamPattern, frame: &Arc<Frame>) -> usize {
+        let mut claims = self.flusher.lock();
         match Key::of(pattern) {
             Key::Name(stream) => self
                 .streams
                 .get_mut(stream)
-                .map_or(0, |mut subscribers| self.offer(&mut subscribers, frame)),
+                .map_or(0, |mut subscribers| self.offer(&mut subscribers, frame, &mut claims)),
             Key::Prefix(prefix) => self
                 .prefixes
                 .get_mut(prefix)
-                .map_or(0, |mut subscribers| self.offer(&mut subscribers, frame)),
+                .map_or(0, |mut subscribers| self.offer(&mut subscribers, frame, &mut claims)),
         }
     }
 
-    fn offer(&self, subscribers: &mut Subscribers, frame: &Arc<Frame>) -> usize {
+    fn offer(&self, subscribers: &mut Subscribers, frame: &Arc<Frame>, claims: &mut Claims<'_>) -> usize {
         let before = subscribers.len();
         let capacity = self.queue_capacity;
-        subscribers.retain(|queue| queue.offer(frame, capacity));
+        subscribers.retain(|queue| queue.offer(frame, capacity, claims));
         record_removed(before - subscribers.len());
         subscribers.len()
     }
@@ -562,6 +659,32 @@ impl StreamRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.streams.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+/// Frames offered in id order, whose writes to lent sockets happen when this is
+/// dropped.
+#[derive(Debug)]
+pub struct Deliveries<'a> {
+    registry: &'a StreamRegistry,
+    claims: Claims<'a>,
+}
+
+impl Deliveries<'_> {
+    /// [`StreamRegistry::deliver`], the writes to lent sockets left for the drop.
+    pub fn deliver(&mut self, stream: &StreamName, frame: &Arc<Frame>) -> usize {
+        let registry = self.registry;
+        let mut delivered = 0;
+        if let Some(mut subscribers) = registry.streams.get_mut(stream) {
+            delivered += registry.offer(&mut subscribers, frame, &mut self.claims);
+        }
+        let name = stream.as_str();
+        registry.prefix_lengths.for_each_up_to(name.len(), |length| {
+            if let Some(mut subscribers) = registry.prefixes.get_mut(&name[..length]) {
+                delivered += registry.offer(&mut subscribers, frame, &mut self.claims);
+            }
+        });
+        delivered
     }
 }
 

@@ -232,6 +232,7 @@ pub async fn subscribe_with(node: &Node, streams: &[&str], options: Options<'_>)
             token: None,
             close_at: None,
             close_connection: CancellationToken::new(),
+            direct: None,
         })
         .await
         .expect("subscribe");
