@@ -11,6 +11,9 @@
 //!
 //! Frames are the once-encoded `Bytes` shared by all subscribers. When a subscriber
 //! is behind, pending frames are coalesced into one write of up to [`MAX_CHUNK_BYTES`].
+//! On a lean HTTP/1.1 connection whose socket is lent to direct deliveries
+//! ([`crate::stream::direct`]), this produces nothing until the socket is handed
+//! back or a deadline passes; the seam's id is shared with those deliveries.
 
 use std::convert::Infallible;
 use std::pin::Pin;

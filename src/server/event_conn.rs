@@ -9,9 +9,11 @@
 //! and tracing are unchanged) and its response is written here: the head once, then
 //! each body frame, with the others the body has ready, as one chunk in one vectored
 //! write, straight from the shared encoded bytes (a replay is not copied). The
-//! connection closes when the response ends. Every other request, and any head this
-//! code does not fully understand, is handed to hyper with the bytes already read.
-//! Parsing is `httparse`, the parser hyper itself uses.
+//! connection closes when the response ends. While the response has nothing to
+//! write, the socket is lent to direct deliveries ([`crate::stream::direct`]); what a
+//! direct write left unwritten is written here before anything else. Every other
+//! request, and any head this code does not fully understand, is handed to hyper
+//! with the bytes already read. Parsing is `httparse`, the parser hyper itself uses.
 
 use std::io::{self, IoSlice, Write as _};
 use std::pin::Pin;

@@ -8,7 +8,8 @@
 //! request. This does the same for an event-stream connection served by the lean
 //! HTTP/1.1 writer whose task has written everything it had, and keeps the queue
 //! and the task for everything else: a subscriber that is behind, the replay,
-//! heartbeats, endings, HTTP/2 and TLS.
+//! heartbeats, endings, HTTP/2 and TLS. This module is the socket and who owns it;
+//! [`super::flusher`] writes what deliveries claim.
 //!
 //! Who may write to the socket is one atomic:
 //! - `TASK`: the subscriber's task owns it; frames go to its queue.
@@ -27,22 +28,14 @@
 //! No lock and no allocation per delivery: one compare-and-swap to claim, one
 //! `writev`, one to release.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Mutex, PoisonError};
 use std::task::Waker;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
-
-use super::registry::QueueState;
-use crate::event::EventId;
-use crate::frame::Frame;
-use crate::metrics as m;
 
 const TASK: u8 = 0;
 const IDLE: u8 = 1;
@@ -127,6 +120,17 @@ impl DirectSocket {
         self.remainder.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 
+    /// Whether a claimed delivery holds the socket.
+    pub(super) fn is_writing(&self) -> bool {
+        self.mode.load(SeqCst) == WRITING
+    }
+
+    /// Whether a direct write's remainder waits for the task.
+    #[cfg(test)]
+    pub(super) fn has_remainder(&self) -> bool {
+        self.has_remainder.load(SeqCst)
+    }
+
     /// Delivery: claims the lent socket.
     pub(super) fn claim(&self) -> bool {
         self.mode.compare_exchange(IDLE, WRITING, SeqCst, SeqCst).is_ok()
@@ -141,7 +145,7 @@ impl DirectSocket {
 
     /// Writer: done. The socket is lent out again, or handed back when `pending`
     /// (read after the release is published) or the task asked for it.
-    fn release(&self, pending: impl FnOnce() -> bool) {
+    pub(super) fn release(&self, pending: impl FnOnce() -> bool) {
         if self.mode.compare_exchange(WRITING, IDLE, SeqCst, SeqCst).is_err() {
             // `WANTED`: only a writer leaves `WRITING` or `WANTED`.
             self.mode.store(TASK, SeqCst);
@@ -152,7 +156,7 @@ impl DirectSocket {
     }
 
     /// Writer: the socket did not take everything; the task writes `rest` first.
-    fn hand_back_with(&self, rest: Vec<Bytes>) {
+    pub(super) fn hand_back_with(&self, rest: Vec<Bytes>) {
         *self.remainder.lock().unwrap_or_else(PoisonError::into_inner) = Some(rest);
         self.has_remainder.store(true, SeqCst);
         self.mode.store(TASK, SeqCst);
@@ -163,7 +167,7 @@ impl DirectSocket {
     /// not take (all of it when it was full or failed: the task then sees the
     /// failure), as pieces of the frames' shared bytes: nothing is copied but the
     /// chunk's size line.
-    fn write_chunk(&self, frames: &[&Bytes]) -> Result<(), Vec<Bytes>> {
+    pub(super) fn write_chunk(&self, frames: &[&Bytes]) -> Result<(), Vec<Bytes>> {
         let len: usize = frames.iter().map(|data| data.len()).sum();
         let mut size_line = [0_u8; 20];
         let size_len = {
@@ -205,406 +209,14 @@ impl DirectSocket {
     }
 }
 
-/// Most frames and bytes one direct write gathers for a subscriber (as its task's
-/// writes); further frames for the same claim go to its queue (its task writes them
-/// once the socket is handed back).
-const MAX_FRAMES_PER_WRITE: usize = 64;
-const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
-
-/// Writes what deliveries claimed on lent sockets: one task for the node, woken
-/// when there is something to write, instead of one task per subscriber per event.
-/// Claims queue up in delivery order; the task writes them a slice at a time (see
-/// [`FLUSH_SLICE`]) and yields between slices, so publishing requests that are
-/// ready run in between and their frames join the claims not written yet: under load, each socket gets
-/// everything since its last write as one chunk in one `writev` (as a subscriber
-/// task that was behind would gather it), and at low rates each event leaves at
-/// once.
-#[derive(Debug, Default)]
-pub(super) struct Flusher {
-    shared: Arc<Shared>,
-    started: OnceLock<bool>,
-}
-
-#[derive(Debug, Default)]
-struct Shared {
-    batch: Mutex<Batch>,
-    wake: Notify,
-}
-
-/// The claims not written yet, and what to write to each.
-#[derive(Debug, Default)]
-pub(super) struct Batch {
-    /// Position of the first entry among all claims ever made: a claim whose slot
-    /// is below it is being written, and takes no more frames.
-    base: u64,
-    entries: VecDeque<Entry>,
-}
-
-/// Claims written between two yields of the flushing task: half of those waiting,
-/// and at least this many. Half, so the task keeps up however many publishing
-/// requests run between its turns (the claims waiting settle at about twice what
-/// they add in one turn); not all, so a fan-out to many sockets is written in a
-/// few slices and what is published meanwhile joins the claims of the later ones.
-const FLUSH_SLICE: usize = 64;
-
-#[derive(Debug)]
-struct Entry {
-    queue: Arc<QueueState>,
-    first: Arc<Frame>,
-    /// Frames added to the claim before it is written (allocated only then).
-    more: Vec<Arc<Frame>>,
-    /// Bytes of the frames.
-    bytes: usize,
-}
-
-impl Flusher {
-    /// Starts the flushing task; `false` when there is no runtime to run it (the
-    /// subscriber's deliveries then all go through its queue).
-    pub(super) fn start(&self) -> bool {
-        *self.started.get_or_init(|| {
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return false;
-            };
-            runtime.spawn(flush(Arc::downgrade(&self.shared)));
-            true
-        })
-    }
-
-    /// The claims, locked for one or more deliveries. Deliveries run in id order,
-    /// so claims and the frames added to them are in id order too. Locked before
-    /// the registry's shards, always: a delivery holds it across several streams.
-    pub(super) fn lock(&self) -> Claims<'_> {
-        Claims {
-            flusher: self,
-            batch: Some(self.shared.batch.lock().unwrap_or_else(PoisonError::into_inner)),
-            added: false,
-            claimed: 0,
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // The flushing task sees the flusher gone and ends.
-        self.shared.wake.notify_one();
-    }
-}
-
-/// Deliveries' access to the claims: locked from start to drop, when the few
-/// sockets they claimed are written (or the flushing task is woken for more).
-#[derive(Debug)]
-pub(super) struct Claims<'a> {
-    flusher: &'a Flusher,
-    batch: Option<MutexGuard<'a, Batch>>,
-    /// Frames added to earlier claims.
-    added: bool,
-    /// Sockets this delivery claimed: the last entries of the batch.
-    claimed: usize,
-}
-
-impl Claims<'_> {
-    /// Takes `frame` for a lent socket of `queue`: claimed, or added to its claim
-    /// not written yet. `false`: the frame goes to the queue.
-    pub(super) fn take(&mut self, queue: &Arc<QueueState>, frame: &Arc<Frame>) -> bool {
-        let Some((socket, _)) = queue.direct() else {
-            return false;
-        };
-        let Some(batch) = self.batch.as_mut() else {
-            return false;
-        };
-        let taken = match socket.mode.load(SeqCst) {
-            IDLE if !queue.is_pending() && socket.claim() => {
-                queue.set_claim_slot(batch.base + batch.entries.len() as u64);
-                batch.entries.push_back(Entry {
-                    queue: Arc::clone(queue),
-                    first: Arc::clone(frame),
-                    more: Vec::new(),
-                    bytes: frame.bytes.len(),
-                });
-                self.claimed += 1;
-                return true;
-            }
-            WRITING => {
-                let waiting = queue.claim_slot().checked_sub(batch.base);
-                let entry = waiting.and_then(|index| batch.entries.get_mut(usize::try_from(index).ok()?));
-                match entry {
-                    Some(entry)
-                        if entry.more.len() + 1 < MAX_FRAMES_PER_WRITE
-                            && entry.bytes + frame.bytes.len() <= MAX_BYTES_PER_WRITE =>
-                    {
-                        entry.bytes += frame.bytes.len();
-                        entry.more.push(Arc::clone(frame));
-                        true
-                    }
-                    _ => false,
-                }
-            }
-            _ => false,
-        };
-        self.added |= taken;
-        taken
-    }
-}
-
-/// Most sockets a delivery writes to itself; a delivery that claims more leaves
-/// them to the flushing task.
-const MAX_WRITTEN_BY_DELIVERY: usize = 64;
-
-impl Drop for Claims<'_> {
-    /// A delivery that claimed a few sockets writes to them itself, at once: its
-    /// latency is a few `writev`s and the task is not woken. One that claimed more
-    /// (a fan-out to many subscribers) leaves them to the flushing task, whose
-    /// slices let the events published meanwhile join them.
-    fn drop(&mut self) {
-        let Some(mut batch) = self.batch.take() else { return };
-        let mut own = Vec::new();
-        if (1..=MAX_WRITTEN_BY_DELIVERY).contains(&self.claimed) {
-            let from = batch.entries.len() - self.claimed;
-            own.extend(batch.entries.drain(from..));
-            // Their places are taken by the next claims: nothing may be added to
-            // them through their old ones.
-            for entry in &own {
-                entry.queue.set_claim_slot(u64::MAX);
-            }
-            self.claimed = 0;
-        }
-        drop(batch);
-        if self.added || self.claimed > 0 {
-            self.flusher.shared.wake.notify_one();
-        }
-        write_all(&mut own);
-    }
-}
-
-/// The flushing task: writes claims until none is left, then waits for the next;
-/// ends when the flusher is dropped.
-async fn flush(shared: Weak<Shared>) {
-    let mut slice = Vec::with_capacity(FLUSH_SLICE);
-    loop {
-        let Some(shared) = shared.upgrade() else { return };
-        shared.wake.notified().await;
-        loop {
-            // Publishing requests that are ready go first: what they publish
-            // joins the claims not written yet.
-            tokio::task::yield_now().await;
-            {
-                let mut batch = shared.batch.lock().unwrap_or_else(PoisonError::into_inner);
-                let waiting = batch.entries.len();
-                let taken = waiting.div_ceil(2).max(FLUSH_SLICE).min(waiting);
-                batch.base += taken as u64;
-                slice.extend(batch.entries.drain(..taken));
-            }
-            if slice.is_empty() {
-                break;
-            }
-            write_all(&mut slice);
-        }
-    }
-}
-
-/// Writes every entry, each as one chunk, and releases (or hands back) its socket.
-fn write_all(entries: &mut Vec<Entry>) {
-    if entries.is_empty() {
-        return;
-    }
-    let delivered = metrics::counter!(m::EVENTS_DELIVERED);
-    let write_delay = metrics::histogram!(m::PUBLISH_TO_WRITE);
-    // One clock reading per slice, not per subscriber.
-    let now = Instant::now();
-    for Entry { queue, first, more, .. } in entries.drain(..) {
-        let written = queue.write_claimed(std::iter::once(&first).chain(&more));
-        if written > 0 {
-            delivered.increment(written as u64);
-            write_delay.record(now.saturating_duration_since(first.published_at).as_secs_f64());
-        }
-    }
-}
-
-impl QueueState {
-    /// Writer: writes those of `frames` the subscriber does not have (a replayed
-    /// id arriving late) to the claimed socket, then releases it. How many it wrote.
-    fn write_claimed<'a>(&self, frames: impl Iterator<Item = &'a Arc<Frame>>) -> usize {
-        let Some((socket, envelope)) = self.direct() else {
-            return 0;
-        };
-        let mut through = self.through();
-        let empty = Bytes::new();
-        let mut data: [&Bytes; MAX_FRAMES_PER_WRITE] = [&empty; MAX_FRAMES_PER_WRITE];
-        let mut count = 0;
-        for frame in frames {
-            if frame.id > through {
-                data[count] = if envelope { frame.enveloped() } else { &frame.bytes };
-                count += 1;
-                if frame.id != EventId::MAX {
-                    through = frame.id;
-                }
-            }
-        }
-        self.advance_through(through);
-        if count == 0 {
-            socket.release(|| self.is_pending());
-            return 0;
-        }
-        match socket.write_chunk(&data[..count]) {
-            Ok(()) => socket.release(|| self.is_pending()),
-            Err(rest) => socket.hand_back_with(rest),
-        }
-        count
-    }
-}
+/// Most frames one direct write gathers for a subscriber (as its task's writes).
+pub(super) const MAX_FRAMES_PER_WRITE: usize = 64;
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use bytes::Bytes;
     use futures::task::noop_waker_ref;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
-    use tokio_util::sync::CancellationToken;
 
-    use super::*;
-    use crate::event::EventId;
-    use crate::stream::{Direct, StreamName, StreamPattern, StreamRegistry};
-
-    fn frame(id: u64, data: &[u8]) -> Arc<Frame> {
-        Arc::new(Frame::notice(EventId::from_u64(id), Bytes::copy_from_slice(data)))
-    }
-
-    fn chunk(data: &[u8]) -> Vec<u8> {
-        let mut chunk = format!("{:x}\r\n", data.len()).into_bytes();
-        chunk.extend_from_slice(data);
-        chunk.extend_from_slice(b"\r\n");
-        chunk
-    }
-
-    /// A connected pair: the server's side as a direct socket, the client's side.
-    async fn pair() -> (Arc<DirectSocket>, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        // Readiness comes from the reactor: wait until the new socket is known writable.
-        server.writable().await.unwrap();
-        (Arc::new(DirectSocket::new(server)), client)
-    }
-
-    /// Until the flusher has written what was claimed.
-    async fn flushed(socket: &DirectSocket) {
-        let wait = async {
-            while socket.mode.load(SeqCst) == WRITING {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(30), wait)
-            .await
-            .expect("the flusher runs");
-    }
-
-    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
-        let mut buf = vec![0; len];
-        tokio::time::timeout(Duration::from_secs(30), client.read_exact(&mut buf))
-            .await
-            .expect("the bytes arrive")
-            .unwrap();
-        buf
-    }
-
-    #[tokio::test]
-    async fn a_lent_socket_is_written_by_deliveries_and_handed_back_when_it_fills() {
-        let (socket, mut client) = pair().await;
-        let registry = Arc::new(StreamRegistry::new(10, 1000));
-        let direct = Direct {
-            socket: Arc::clone(&socket),
-            envelope: false,
-        };
-        let (queue, mut receiver) = registry.new_queue_writing_to(CancellationToken::new(), Some(direct));
-        let stream = StreamName::try_new("a").unwrap();
-        let _attachment = registry
-            .attach(&[StreamPattern::Exact(stream.clone())], &queue)
-            .unwrap();
-
-        // Owned by the task: a delivery is queued.
-        registry.deliver(&stream, &frame(1, b"one"));
-        assert_eq!(receiver.try_recv().unwrap().id, EventId::from_u64(1));
-        receiver.advance_through(EventId::from_u64(1));
-
-        // Lent: written by the delivery itself, each as one chunk, nothing queued.
-        socket.lend(noop_waker_ref());
-        registry.deliver(&stream, &frame(2, b"two"));
-        registry.deliver(&stream, &frame(3, b"three"));
-        assert!(receiver.try_recv().is_none());
-        let both = [chunk(b"two"), chunk(b"three")].concat();
-        assert_eq!(read_exactly(&mut client, both.len()).await, both);
-        flushed(&socket).await;
-        assert_eq!(receiver.through(), EventId::from_u64(3));
-        // A frame the subscriber has (a replayed id arriving late) is not written.
-        registry.deliver(&stream, &frame(2, b"again"));
-        flushed(&socket).await;
-        assert!(!socket.owned_by_task(), "still lent");
-
-        // The client stops reading: sooner or later the socket does not take a
-        // whole chunk, and is handed back with what is left.
-        let big = vec![b'x'; 256 * 1024];
-        let mut written = Vec::new();
-        let mut id = 4;
-        while !socket.has_remainder.load(SeqCst) {
-            assert!(id < 1000, "the socket never filled");
-            registry.deliver(&stream, &frame(id, &big));
-            flushed(&socket).await;
-            written.extend(chunk(&big));
-            id += 1;
-        }
-        assert!(!socket.owned_by_task(), "the remainder comes first");
-        // From now on deliveries are queued for the task.
-        registry.deliver(&stream, &frame(id, b"queued"));
-        assert_eq!(receiver.try_recv().unwrap().id, EventId::from_u64(id));
-        // What the client reads is every chunk whole, in order, once the task has
-        // written the remainder.
-        let rest = socket.take_remainder().unwrap().concat();
-        assert!(socket.owned_by_task());
-        let sent = written.len() - rest.len();
-        assert_eq!(&written[sent..], &rest[..]);
-        let reader = tokio::spawn(async move { read_exactly(&mut client, written.len()).await == written });
-        let server = socket.socket();
-        let mut unwritten = &rest[..];
-        while !unwritten.is_empty() {
-            server.writable().await.unwrap();
-            if let Ok(n) = server.try_write(unwritten) {
-                unwritten = &unwritten[n..];
-            }
-        }
-        assert!(reader.await.unwrap(), "every chunk intact and in order");
-    }
-
-    #[tokio::test]
-    async fn a_fan_out_to_many_lent_sockets_is_written_by_the_flusher_with_what_joins_it() {
-        let registry = Arc::new(StreamRegistry::new(10, 1000));
-        let stream = StreamName::try_new("wide").unwrap();
-        let mut subscribers = Vec::new();
-        for _ in 0..=MAX_WRITTEN_BY_DELIVERY {
-            let (socket, client) = pair().await;
-            let direct = Direct {
-                socket: Arc::clone(&socket),
-                envelope: false,
-            };
-            let (queue, receiver) = registry.new_queue_writing_to(CancellationToken::new(), Some(direct));
-            let attachment = registry
-                .attach(&[StreamPattern::Exact(stream.clone())], &queue)
-                .unwrap();
-            socket.lend(noop_waker_ref());
-            subscribers.push((socket, client, receiver, attachment));
-        }
-        // Two events before the flusher runs: one chunk each socket, both frames.
-        registry.deliver(&stream, &frame(1, b"one"));
-        registry.deliver(&stream, &frame(2, b"two"));
-        let both = chunk(b"onetwo");
-        for (socket, client, receiver, _) in &mut subscribers {
-            assert_eq!(read_exactly(client, both.len()).await, both);
-            flushed(socket).await;
-            assert!(receiver.try_recv().is_none(), "nothing went through the queue");
-            assert_eq!(receiver.through(), EventId::from_u64(2));
-        }
-    }
+    use crate::stream::flusher::tests::pair;
 
     #[tokio::test]
     async fn the_task_takes_a_socket_back_only_once_a_write_is_done() {
