@@ -278,7 +278,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::event::EventId;
     use crate::stream::direct::DirectSocket;
-    use crate::stream::{Direct, StreamName, StreamPattern, StreamRegistry};
+    use crate::stream::{Attachment, Direct, QueueReceiver, StreamName, StreamPattern, StreamRegistry};
 
     fn frame(id: u64, data: &[u8]) -> Arc<Frame> {
         Arc::new(Frame::notice(EventId::from_u64(id), Bytes::copy_from_slice(data)))
@@ -299,6 +299,24 @@ pub(crate) mod tests {
         // Readiness comes from the reactor: wait until the new socket is known writable.
         server.writable().await.unwrap();
         (Arc::new(DirectSocket::new(server)), client)
+    }
+
+    /// A subscriber of `stream` whose socket deliveries may write to (not lent yet),
+    /// and the client's side of its connection.
+    async fn subscriber(
+        registry: &Arc<StreamRegistry>,
+        stream: &StreamName,
+    ) -> (Arc<DirectSocket>, TcpStream, QueueReceiver, Attachment) {
+        let (socket, client) = pair().await;
+        let direct = Direct {
+            socket: Arc::clone(&socket),
+            envelope: false,
+        };
+        let (queue, receiver) = registry.new_queue_writing_to(CancellationToken::new(), Some(direct));
+        let attachment = registry
+            .attach(&[StreamPattern::Exact(stream.clone())], &queue)
+            .unwrap();
+        (socket, client, receiver, attachment)
     }
 
     /// Until the flusher has written what was claimed.
@@ -324,17 +342,9 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_lent_socket_is_written_by_deliveries_and_handed_back_when_it_fills() {
-        let (socket, mut client) = pair().await;
         let registry = Arc::new(StreamRegistry::new(10, 1000));
-        let direct = Direct {
-            socket: Arc::clone(&socket),
-            envelope: false,
-        };
-        let (queue, mut receiver) = registry.new_queue_writing_to(CancellationToken::new(), Some(direct));
         let stream = StreamName::try_new("a").unwrap();
-        let _attachment = registry
-            .attach(&[StreamPattern::Exact(stream.clone())], &queue)
-            .unwrap();
+        let (socket, mut client, mut receiver, _attachment) = subscriber(&registry, &stream).await;
 
         // Owned by the task: a delivery is queued.
         registry.deliver(&stream, &frame(1, b"one"));
@@ -391,17 +401,9 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_frame_after_one_that_went_to_the_queue_follows_it_there() {
-        let (socket, mut client) = pair().await;
         let registry = Arc::new(StreamRegistry::new(10, 1000));
-        let direct = Direct {
-            socket: Arc::clone(&socket),
-            envelope: false,
-        };
-        let (queue, mut receiver) = registry.new_queue_writing_to(CancellationToken::new(), Some(direct));
         let stream = StreamName::try_new("a").unwrap();
-        let _attachment = registry
-            .attach(&[StreamPattern::Exact(stream.clone())], &queue)
-            .unwrap();
+        let (socket, mut client, mut receiver, _attachment) = subscriber(&registry, &stream).await;
         socket.lend(noop_waker_ref());
         // One publish: a small event claims the socket, a large one does not fit the
         // claim and is queued, and the small one after it must not overtake it.
@@ -423,15 +425,7 @@ pub(crate) mod tests {
         let stream = StreamName::try_new("wide").unwrap();
         let mut subscribers = Vec::new();
         for _ in 0..=MAX_WRITTEN_BY_DELIVERY {
-            let (socket, client) = pair().await;
-            let direct = Direct {
-                socket: Arc::clone(&socket),
-                envelope: false,
-            };
-            let (queue, receiver) = registry.new_queue_writing_to(CancellationToken::new(), Some(direct));
-            let attachment = registry
-                .attach(&[StreamPattern::Exact(stream.clone())], &queue)
-                .unwrap();
+            let (socket, client, receiver, attachment) = subscriber(&registry, &stream).await;
             socket.lend(noop_waker_ref());
             subscribers.push((socket, client, receiver, attachment));
         }

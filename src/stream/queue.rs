@@ -83,7 +83,7 @@ impl Ending {
 /// takes a mutex); the id written through; the socket when deliveries may write to
 /// it directly (see [`super::direct`]).
 #[derive(Debug, Default)]
-pub struct QueueState {
+pub(super) struct QueueState {
     queued: AtomicUsize,
     endings: AtomicU8,
     /// Every event up to this id was written (or the client had it): a frame not
