@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 
 /// The subject a request authenticated as, once known.
@@ -33,11 +32,12 @@ pub fn record_subject(sub: Option<&str>) {
     }
 }
 
-/// The access-log layer (`log.access`). Costs nothing beyond a level check when the
-/// log's filter drops its lines (`level = "warn"`, or `access=warn`).
-pub async fn log_requests(request: Request, next: Next) -> Response {
+/// The access log (`log.access`), a step of the router's one middleware
+/// (`router::around_requests`). Costs nothing beyond a level check when the log's
+/// filter drops its lines (`level = "warn"`, or `access=warn`).
+pub async fn log_requests<F: Future<Output = Response>>(request: Request, next: impl FnOnce(Request) -> F) -> Response {
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-        return next.run(request).await;
+        return next(request).await;
     }
     let started = Instant::now();
     let subject = RequestSubject::default();
@@ -47,7 +47,7 @@ pub async fn log_requests(request: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().clone();
     let version = request.version();
-    let response = SUBJECT.scope(subject.clone(), next.run(request)).await;
+    let response = SUBJECT.scope(subject.clone(), next(request)).await;
     tracing::info!(
         target: "access",
         %method,

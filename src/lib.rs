@@ -58,6 +58,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod broker;
+pub mod chunked;
 pub mod cli;
 pub mod config;
 pub mod connection;

@@ -74,7 +74,7 @@ impl ConnectionLimiter {
                 (open < self.max).then_some(open + 1)
             })
             .ok()?;
-        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+        m::series().connections_open.increment(1.0);
         Some(ConnectionSlot {
             limiter: Arc::clone(self),
         })
@@ -90,7 +90,7 @@ pub struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.limiter.open.fetch_sub(1, Ordering::AcqRel);
-        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+        m::series().connections_open.decrement(1.0);
     }
 }
 

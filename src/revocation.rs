@@ -271,20 +271,32 @@ impl Revocations {
 
 /// Adds a stream with `iat` to `target`'s group (made on first use).
 fn join(inner: &mut Inner, target: Target, iat: Option<u64>, queue: &SubscriberQueue) -> Arc<Live> {
+    // The target's key is cloned only for a new group.
+    if let Some(group) = inner.live.get_mut(&target) {
+        group.streams.insert(queue.id(), (iat, queue.clone()));
+        return Arc::clone(&group.live);
+    }
     let token = matches!(target, Target::Token(_));
-    let group = inner.live.entry(target.clone()).or_insert_with(|| Group {
-        live: Arc::new(Live {
-            target,
-            token,
-            ended_below: AtomicU64::new(0),
-        }),
-        streams: HashMap::new(),
+    let live = Arc::new(Live {
+        target: target.clone(),
+        token,
+        ended_below: AtomicU64::new(0),
     });
-    group.streams.insert(queue.id(), (iat, queue.clone()));
-    Arc::clone(&group.live)
+    let streams = HashMap::from([(queue.id(), (iat, queue.clone()))]);
+    inner.live.insert(
+        target,
+        Group {
+            live: Arc::clone(&live),
+            streams,
+        },
+    );
+    live
 }
 
 fn refused_by(inner: &Inner, claims: &Claims, now: u64) -> bool {
+    if inner.refused.is_empty() {
+        return false;
+    }
     let in_force = |target: Target| {
         inner.refused.get(&target).and_then(|&(revoked_ms, expires_ms)| {
             (expires_ms > now).then_some(Revocation {

@@ -112,9 +112,6 @@ pub struct Subscription {
     revoked: Option<Watch>,
     opened: Instant,
     ended: Option<EndReason>,
-    delivered: metrics::Counter,
-    replayed: metrics::Counter,
-    write_delay: metrics::Histogram,
     timing: StreamTiming,
     _slots: Slots,
 }
@@ -160,7 +157,7 @@ impl Subscription {
         receiver.advance_through(replay.seam());
         let next_heartbeat = TimerInstant::now() + timing.heartbeat;
         let expiry = close_at.map(timer_instant);
-        metrics::counter!(m::CONNECTIONS_TOTAL).increment(1);
+        m::series().connections_total.increment(1);
         Self {
             attachment,
             receiver,
@@ -174,9 +171,6 @@ impl Subscription {
             revoked,
             opened: Instant::now(),
             ended: None,
-            delivered: metrics::counter!(m::EVENTS_DELIVERED),
-            replayed: metrics::counter!(m::EVENTS_REPLAYED),
-            write_delay: metrics::histogram!(m::PUBLISH_TO_WRITE),
             timing,
             _slots: slots,
         }
@@ -282,7 +276,7 @@ impl Subscription {
             self.replay = None;
         }
         let frame = frame?;
-        self.replayed.increment(1);
+        m::series().events_replayed.increment(1);
         Some(bytes_of(&frame, self.envelope).clone())
     }
 
@@ -312,10 +306,11 @@ impl Subscription {
         if self.attachment.queue().has_overflowed() {
             return None;
         }
+        let series = m::series();
         if let Some(oldest) = oldest {
-            self.write_delay.record(oldest.elapsed().as_secs_f64());
+            series.publish_to_write.record(oldest.elapsed().as_secs_f64());
         }
-        self.delivered.increment(chunk.frames);
+        series.events_delivered.increment(chunk.frames);
         chunk.finish()
     }
 
@@ -324,7 +319,7 @@ impl Subscription {
     /// spread their reconnects instead of all coming back in the same second.
     fn end(&mut self, reason: EndReason) -> Option<Bytes> {
         self.ended = Some(reason);
-        metrics::counter!(m::DISCONNECTS, "reason" => reason.label()).increment(1);
+        m::series().disconnected(reason.label());
         self.log_end(reason);
         match reason {
             EndReason::Shutdown | EndReason::TokenExpired => {
@@ -373,7 +368,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         if self.ended.is_none() {
-            metrics::counter!(m::DISCONNECTS, "reason" => EndReason::ClientClosed.label()).increment(1);
+            m::series().disconnected(EndReason::ClientClosed.label());
             self.log_end(EndReason::ClientClosed);
         }
     }

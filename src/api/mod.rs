@@ -16,7 +16,6 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::header::HOST;
 use axum::http::{HeaderMap, Version};
-use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
@@ -29,12 +28,16 @@ use crate::state::AppState;
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without exactly one `Host` header is a
 /// bad request, on hyper's path and on the lean event-stream path alike.
-pub async fn require_one_host(request: Request, next: Next) -> Response {
+/// A step of the router's one middleware (`router::around_requests`).
+pub async fn require_one_host<F: Future<Output = Response>>(
+    request: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     if request.version() == Version::HTTP_11 && request.headers().get_all(HOST).iter().count() != 1 {
         return ApiError::InvalidRequest("an HTTP/1.1 request needs exactly one Host header".to_owned())
             .into_response();
     }
-    next.run(request).await
+    next(request).await
 }
 
 /// Finds and verifies the request's token, and refuses it when revoked.

@@ -152,8 +152,9 @@ impl Node {
         // that sends as fast as acknowledgements come back is paced by delivery instead
         // of filling every subscriber queue (measured: lower latency, no fewer events/s).
         tokio::task::yield_now().await;
-        metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
-        metrics::counter!(m::EVENTS_PUBLISHED, "source" => publisher.source.label()).increment(count);
+        let series = m::series();
+        series.publish_duration.record(started.elapsed().as_secs_f64());
+        series.published(publisher.source.label(), count);
         Ok(ids)
     }
 

@@ -7,7 +7,8 @@
 //!   idle limit of its own) and HTTP/2 keep-alive pings every `heartbeat_interval`;
 //! - the [`ConnectionPool`] bound on connections that are not event streams;
 //! - accept errors (EMFILE) answered with exponential back-off, never a busy loop;
-//! - `TCP_NODELAY`, so small event writes leave at once, and ordered draining.
+//! - `TCP_NODELAY` (set on the listener; Linux hands it to every accepted socket),
+//!   so small event writes leave at once, and ordered draining.
 //!
 //! A connection whose first request is a plain `GET /events` is served by the lean
 //! path in `event_conn` instead (same router, no hyper buffers per open stream).
@@ -22,7 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -40,6 +40,7 @@ use super::event_conn::{self, FirstRequest, Prefixed};
 use super::pool::{ConnectionPool, Membership, RequestGuard};
 use crate::connection::ClientConnection;
 use crate::metrics as m;
+use crate::router::AppService;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +68,7 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// `Result` is kept for symmetry with other servers.
 pub(super) async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: AppService,
     settings: HttpSettings,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
@@ -115,7 +116,10 @@ pub(super) async fn serve(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        if !cfg!(target_os = "linux") {
+            // Elsewhere the listener's `TCP_NODELAY` may not be inherited.
+            let _ = stream.set_nodelay(true);
+        }
         let (router, builder, stop) = (router.clone(), Arc::clone(&builder), stop.clone());
         match &tls {
             None => connections.spawn(serve_connection(stream, router, builder, settings, membership, stop)),
@@ -138,7 +142,7 @@ pub(super) async fn serve(
 
 async fn serve_connection(
     mut stream: tokio::net::TcpStream,
-    router: Router,
+    router: AppService,
     builder: Arc<Builder<TokioExecutor>>,
     settings: HttpSettings,
     mut membership: Membership,
@@ -172,7 +176,7 @@ async fn serve_connection(
 async fn serve_tls_connection(
     stream: tokio::net::TcpStream,
     tls: TlsAcceptor,
-    router: Router,
+    router: AppService,
     builder: Arc<Builder<TokioExecutor>>,
     settings: HttpSettings,
     membership: Membership,
@@ -210,7 +214,7 @@ async fn serve_tls_connection(
 /// Any connection whose first request is not a plain event-stream request.
 async fn serve_with_hyper<I>(
     io: I,
-    router: Router,
+    router: AppService,
     builder: &Builder<TokioExecutor>,
     settings: HttpSettings,
     mut membership: Membership,

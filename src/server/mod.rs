@@ -105,6 +105,9 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
         // As `TcpListener::bind` does: rebinding right after a restart must not fail
         // on the old process's TIME_WAIT connections.
         socket.set_reuseaddr(true)?;
+        // Small event writes leave at once. On Linux, accepted sockets inherit it
+        // from the listener, which saves a system call per connection.
+        socket.set_nodelay(true)?;
         socket.bind(addr)?;
         socket.listen(LISTEN_BACKLOG)
     };
@@ -319,5 +322,21 @@ async fn upkeep_periodically(state: AppState) {
         ticks.tick().await;
         state.node.upkeep();
         state.metrics.run_upkeep();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accept loop relies on this to skip `set_nodelay` per connection.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

@@ -161,7 +161,7 @@ impl ConnectionPool {
             return None;
         }
         members.insert(key, Arc::clone(&activity));
-        metrics::gauge!(m::TCP_CONNECTIONS_OTHER).increment(1.0);
+        m::series().tcp_connections_other.increment(1.0);
         drop(members);
         Some(Membership {
             pool: Arc::clone(self),
@@ -187,7 +187,7 @@ impl ConnectionPool {
         };
         if let Some(activity) = members.remove(&key) {
             activity.evicted.cancel();
-            metrics::gauge!(m::TCP_CONNECTIONS_OTHER).decrement(1.0);
+            m::series().tcp_connections_other.decrement(1.0);
             metrics::counter!(m::TCP_CONNECTIONS_CLOSED, "reason" => "evicted").increment(1);
         }
         true
@@ -195,7 +195,7 @@ impl ConnectionPool {
 
     fn remove(&self, key: u64) {
         if self.lock().remove(&key).is_some() {
-            metrics::gauge!(m::TCP_CONNECTIONS_OTHER).decrement(1.0);
+            m::series().tcp_connections_other.decrement(1.0);
         }
     }
 }

@@ -28,7 +28,7 @@
 //! No lock and no allocation per delivery: one compare-and-swap to claim, one
 //! `writev`, one to release.
 
-use std::io::{self, IoSlice, Write as _};
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering::SeqCst};
 use std::sync::{Mutex, PoisonError};
 use std::task::Waker;
@@ -36,6 +36,8 @@ use std::task::Waker;
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::net::TcpStream;
+
+use crate::chunked::SizeLine;
 
 const TASK: u8 = 0;
 const IDLE: u8 = 1;
@@ -169,20 +171,15 @@ impl DirectSocket {
     /// chunk's size line.
     pub(super) fn write_chunk(&self, frames: &[&Bytes]) -> Result<(), Vec<Bytes>> {
         let len: usize = frames.iter().map(|data| data.len()).sum();
-        let mut size_line = [0_u8; 20];
-        let size_len = {
-            let mut cursor = io::Cursor::new(&mut size_line[..]);
-            // Twenty bytes hold any length in hex and the line end.
-            let _ = write!(cursor, "{len:x}\r\n");
-            usize::try_from(cursor.position()).unwrap_or(0)
-        };
+        let size_line = SizeLine::new(len);
+        let size_line = size_line.as_bytes();
         let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE + 2];
-        slices[0] = IoSlice::new(&size_line[..size_len]);
+        slices[0] = IoSlice::new(size_line);
         for (slice, data) in slices[1..].iter_mut().zip(frames) {
             *slice = IoSlice::new(data);
         }
         slices[frames.len() + 1] = IoSlice::new(b"\r\n");
-        let total = size_len + len + 2;
+        let total = size_line.len() + len + 2;
         // Full (`WouldBlock`) or failed: the task writes it all, and sees the failure.
         let written = self
             .socket
@@ -193,7 +190,7 @@ impl DirectSocket {
         }
         let mut rest = Vec::with_capacity(frames.len() + 2);
         let mut skip = written;
-        let size_line = Bytes::copy_from_slice(&size_line[..size_len]);
+        let size_line = Bytes::copy_from_slice(size_line);
         let end = Bytes::from_static(b"\r\n");
         let pieces = std::iter::once(&size_line)
             .chain(frames.iter().copied())

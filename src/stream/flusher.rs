@@ -221,8 +221,8 @@ fn write_all(entries: &mut Vec<Entry>) {
     if entries.is_empty() {
         return;
     }
-    let delivered = metrics::counter!(m::EVENTS_DELIVERED);
-    let write_delay = metrics::histogram!(m::PUBLISH_TO_WRITE);
+    let series = m::series();
+    let (delivered, write_delay) = (&series.events_delivered, &series.publish_to_write);
     // One clock reading per slice, not per subscriber.
     let now = Instant::now();
     for Entry { queue, first, more, .. } in entries.drain(..) {

@@ -273,7 +273,7 @@ impl StreamRegistry {
                 }
             }
         }
-        metrics::gauge!(m::SUBSCRIPTIONS_OPEN).increment(1.0);
+        m::series().subscriptions_open.increment(1.0);
         Ok(())
     }
 
@@ -456,7 +456,7 @@ impl Drop for Attachment {
 
 fn record_removed(count: usize) {
     if count > 0 {
-        metrics::gauge!(m::SUBSCRIPTIONS_OPEN).decrement(count as f64);
+        m::series().subscriptions_open.decrement(count as f64);
     }
 }
 
