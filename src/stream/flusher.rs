@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
+use smallvec::{SmallVec, smallvec};
 use tokio::sync::Notify;
 
 use super::direct::MAX_FRAMES_PER_WRITE;
@@ -62,12 +63,16 @@ pub(super) struct Batch {
 /// few slices and what is published meanwhile joins the claims of the later ones.
 const FLUSH_SLICE: usize = 64;
 
+/// Frames a claim holds without allocating. Under load most claims gather a few
+/// events before they are written; with a `Vec` the second one allocated (about 110
+/// of the 460 instructions per delivery at 1 × 1,000 × 100 events/s, callgrind).
+const INLINE_FRAMES: usize = 4;
+
 #[derive(Debug)]
 struct Entry {
     queue: Arc<QueueState>,
-    first: Arc<Frame>,
-    /// Frames added to the claim before it is written (allocated only then).
-    more: Vec<Arc<Frame>>,
+    /// The claiming frame, then those added before the claim is written.
+    frames: SmallVec<[Arc<Frame>; INLINE_FRAMES]>,
     /// Bytes of the frames.
     bytes: usize,
 }
@@ -131,8 +136,7 @@ impl Claims<'_> {
             queue.set_claim_slot(batch.base + batch.entries.len() as u64);
             batch.entries.push_back(Entry {
                 queue: Arc::clone(queue),
-                first: Arc::clone(frame),
-                more: Vec::new(),
+                frames: smallvec![Arc::clone(frame)],
                 bytes: frame.bytes.len(),
             });
             self.claimed += 1;
@@ -146,11 +150,11 @@ impl Claims<'_> {
         let waiting = queue.claim_slot().checked_sub(batch.base);
         let taken = match waiting.and_then(|index| batch.entries.get_mut(usize::try_from(index).ok()?)) {
             Some(entry)
-                if entry.more.len() + 1 < MAX_FRAMES_PER_WRITE
+                if entry.frames.len() < MAX_FRAMES_PER_WRITE
                     && entry.bytes + frame.bytes.len() <= MAX_BYTES_PER_WRITE =>
             {
                 entry.bytes += frame.bytes.len();
-                entry.more.push(Arc::clone(frame));
+                entry.frames.push(Arc::clone(frame));
                 true
             }
             _ => false,
@@ -225,9 +229,9 @@ fn write_all(entries: &mut Vec<Entry>) {
     let (delivered, write_delay) = (&series.events_delivered, &series.publish_to_write);
     // One clock reading per slice, not per subscriber.
     let now = Instant::now();
-    for Entry { queue, first, more, .. } in entries.drain(..) {
-        let written = write_claimed(&queue, std::iter::once(&first).chain(&more));
-        if written > 0 {
+    for Entry { queue, frames, .. } in entries.drain(..) {
+        let written = write_claimed(&queue, frames.iter());
+        if let Some(first) = frames.first().filter(|_| written > 0) {
             delivered.increment(written as u64);
             write_delay.record(now.saturating_duration_since(first.published_at).as_secs_f64());
         }
