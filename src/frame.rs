@@ -68,6 +68,25 @@ impl Frame {
         self.origin.as_ref().map(|(stream, _)| stream)
     }
 
+    /// The record a subscriber receives: [`Self::enveloped`] when it reads
+    /// envelopes, else the SSE record.
+    pub fn bytes_for(&self, envelope: bool) -> &Bytes {
+        if envelope { self.enveloped() } else { &self.bytes }
+    }
+
+    /// The seam's test, for whoever writes a subscriber's live frames: whether this
+    /// frame is newer than `through`, the newest id written, which it then becomes.
+    /// A notice (id `EventId::MAX`) is always written and moves nothing.
+    pub fn passes_seam(&self, through: &mut EventId) -> bool {
+        if self.id <= *through {
+            return false;
+        }
+        if self.id != EventId::MAX {
+            *through = self.id;
+        }
+        true
+    }
+
     /// The record an `envelope=1` subscriber receives: data wrapped as
     /// `{"stream","event","data"}`; a notice unchanged. Encoded once per frame.
     pub fn enveloped(&self) -> &Bytes {

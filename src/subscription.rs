@@ -25,7 +25,6 @@ use axum::body::Body;
 use bytes::{Bytes, BytesMut};
 use tokio::time::{Instant as TimerInstant, Sleep};
 
-use crate::event::EventId;
 use crate::frame::Frame;
 use crate::history::Replay;
 use crate::limits::Slots;
@@ -277,7 +276,7 @@ impl Subscription {
         }
         let frame = frame?;
         m::series().events_replayed.increment(1);
-        Some(bytes_of(&frame, self.envelope).clone())
+        Some(frame.bytes_for(self.envelope).clone())
     }
 
     /// `first` and whatever else is already queued, minus seam duplicates.
@@ -290,12 +289,9 @@ impl Subscription {
         let mut next = Some(first);
         let mut through = self.receiver.through();
         while let Some(frame) = next {
-            if frame.id > through {
+            if frame.passes_seam(&mut through) {
                 oldest.get_or_insert(frame.published_at);
-                chunk.push(bytes_of(&frame, self.envelope));
-                if frame.id != EventId::MAX {
-                    through = frame.id;
-                }
+                chunk.push(frame.bytes_for(self.envelope));
             }
             if chunk.len() >= MAX_CHUNK_BYTES {
                 break;
@@ -375,10 +371,6 @@ impl Drop for Subscription {
 }
 
 /// What a subscriber receives of `frame`: the record, or its envelope.
-fn bytes_of(frame: &Frame, envelope: bool) -> &Bytes {
-    if envelope { frame.enveloped() } else { &frame.bytes }
-}
-
 /// Joins frames into one write without copying when there is only one.
 #[derive(Default)]
 struct ChunkBuilder {

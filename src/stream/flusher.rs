@@ -18,7 +18,6 @@ use tokio::sync::Notify;
 
 use super::direct::MAX_FRAMES_PER_WRITE;
 use super::queue::QueueState;
-use crate::event::EventId;
 use crate::frame::Frame;
 use crate::metrics as m;
 
@@ -249,12 +248,9 @@ fn write_claimed<'a>(queue: &QueueState, frames: impl Iterator<Item = &'a Arc<Fr
     let mut data: [&Bytes; MAX_FRAMES_PER_WRITE] = [&empty; MAX_FRAMES_PER_WRITE];
     let mut count = 0;
     for frame in frames {
-        if frame.id > through {
-            data[count] = if envelope { frame.enveloped() } else { &frame.bytes };
+        if frame.passes_seam(&mut through) {
+            data[count] = frame.bytes_for(envelope);
             count += 1;
-            if frame.id != EventId::MAX {
-                through = frame.id;
-            }
         }
     }
     queue.advance_through(through);
