@@ -35,6 +35,7 @@ use std::task::Waker;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
+use smallvec::SmallVec;
 use tokio::net::TcpStream;
 
 use crate::chunked::SizeLine;
@@ -173,18 +174,14 @@ impl DirectSocket {
         let len: usize = frames.iter().map(|data| data.len()).sum();
         let size_line = SizeLine::new(len);
         let size_line = size_line.as_bytes();
-        let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE + 2];
-        slices[0] = IoSlice::new(size_line);
-        for (slice, data) in slices[1..].iter_mut().zip(frames) {
-            *slice = IoSlice::new(data);
-        }
-        slices[frames.len() + 1] = IoSlice::new(b"\r\n");
+        // Inline, filled as it goes (an array would be initialised whole each time).
+        let mut slices: SmallVec<[IoSlice<'_>; MAX_FRAMES_PER_WRITE + 2]> = SmallVec::new();
+        slices.push(IoSlice::new(size_line));
+        slices.extend(frames.iter().map(|data| IoSlice::new(data)));
+        slices.push(IoSlice::new(b"\r\n"));
         let total = size_line.len() + len + 2;
         // Full (`WouldBlock`) or failed: the task writes it all, and sees the failure.
-        let written = self
-            .socket
-            .try_write_vectored(&slices[..frames.len() + 2])
-            .unwrap_or_default();
+        let written = self.socket.try_write_vectored(&slices).unwrap_or_default();
         if written == total {
             return Ok(());
         }

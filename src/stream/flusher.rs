@@ -226,13 +226,23 @@ fn write_all(entries: &mut Vec<Entry>) {
     }
     let series = m::series();
     let (delivered, write_delay) = (&series.events_delivered, &series.publish_to_write);
-    // One clock reading per slice, not per subscriber.
+    // One clock reading per slice, not per subscriber, and one delay per event:
+    // the entries of a fan-out all start with the same frame.
     let now = Instant::now();
+    let mut delay = None;
     for Entry { queue, frames, .. } in entries.drain(..) {
         let written = write_claimed(&queue, frames.iter());
         if let Some(first) = frames.first().filter(|_| written > 0) {
             delivered.increment(written as u64);
-            write_delay.record(now.saturating_duration_since(first.published_at).as_secs_f64());
+            let seconds = match delay {
+                Some((at, seconds)) if at == first.published_at => seconds,
+                _ => {
+                    let seconds = now.saturating_duration_since(first.published_at).as_secs_f64();
+                    delay = Some((first.published_at, seconds));
+                    seconds
+                }
+            };
+            write_delay.record(seconds);
         }
     }
 }
@@ -244,25 +254,24 @@ fn write_claimed<'a>(queue: &QueueState, frames: impl Iterator<Item = &'a Arc<Fr
         return 0;
     };
     let mut through = queue.through();
-    let empty = Bytes::new();
-    let mut data: [&Bytes; MAX_FRAMES_PER_WRITE] = [&empty; MAX_FRAMES_PER_WRITE];
-    let mut count = 0;
+    // Inline and filled as it goes: an array would be initialised whole on every
+    // write (its 64 slots cost more than the few a delivery uses).
+    let mut data: SmallVec<[&Bytes; MAX_FRAMES_PER_WRITE]> = SmallVec::new();
     for frame in frames {
         if frame.passes_seam(&mut through) {
-            data[count] = frame.bytes_for(envelope);
-            count += 1;
+            data.push(frame.bytes_for(envelope));
         }
     }
     queue.advance_through(through);
-    if count == 0 {
+    if data.is_empty() {
         socket.release(|| queue.is_pending());
         return 0;
     }
-    match socket.write_chunk(&data[..count]) {
+    match socket.write_chunk(&data) {
         Ok(()) => socket.release(|| queue.is_pending()),
         Err(rest) => socket.hand_back_with(rest),
     }
-    count
+    data.len()
 }
 
 #[cfg(test)]
