@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
@@ -20,13 +20,12 @@ use crate::state::AppState;
 
 /// Authenticates, reads and parses the whole body, then publishes through the
 /// node. Replies `{"id"}` or `{"ids"}` once the events are in the history.
-pub async fn publish_events(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let result = publish(&state, &headers, query.as_deref(), body).await;
+///
+/// Takes the request whole and reads its head in place: the `HeaderMap` and
+/// `RawQuery` extractors would copy theirs on every publish.
+pub async fn publish_events(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let result = publish(&state, &parts.headers, parts.uri.query(), body).await;
     // The node counts its own refusals.
     if let Err(error) = &result
         && !matches!(error, ApiError::Publish(_))

@@ -1,8 +1,7 @@
 //! `GET /events?stream=A&stream=prices.*[&envelope=1][&replay=latest]`: open an
 //! event stream.
 
-use axum::Extension;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -23,14 +22,21 @@ const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 /// Authenticates and parses the request, subscribes through the node, then
 /// streams replay and live events.
-pub async fn open_subscription(
-    State(state): State<AppState>,
-    client: Option<Extension<ClientConnection>>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let client = client.map(|Extension(client)| client).unwrap_or_default();
-    let result = open(&state, &headers, query.as_deref(), &client).await;
+///
+/// Takes the request whole and reads its parts in place: the `HeaderMap`,
+/// `RawQuery` and `Extension` extractors would each copy theirs, on the path every
+/// new subscriber takes.
+pub async fn open_subscription(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let (parts, _) = request.into_parts();
+    let fallback;
+    let client = match parts.extensions.get::<ClientConnection>() {
+        Some(client) => client,
+        None => {
+            fallback = ClientConnection::default();
+            &fallback
+        }
+    };
+    let result = open(&state, &parts.headers, parts.uri.query(), client).await;
     // The node counts its own refusals.
     if let Err(error) = &result
         && !matches!(error, ApiError::Subscribe(_))
