@@ -19,7 +19,7 @@ use crate::stream::StreamPattern;
 #[command(name = "sse-gateway", version = crate::VERSION, about)]
 pub struct Cli {
     /// Configuration file (default: ./config.toml when present). Environment
-    /// variables SSE_GATEWAY_<SECTION>__<KEY> override its keys.
+    /// variables `SSE_GATEWAY_<SECTION>__<KEY>` override its keys.
     #[arg(long, global = true, env = "SSE_GATEWAY_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]

@@ -2,10 +2,10 @@
 //!
 //! Deliveries claim idle sockets (one claim per socket, in id order, under the
 //! lock that orders them) and add later frames to claims not written yet. The
-//! deliveries of one publish request that claimed up to [`MAX_WRITTEN_BY_DELIVERY`]
+//! deliveries of one publish request that claimed up to `MAX_WRITTEN_BY_DELIVERY`
 //! sockets write to them themselves once the broker's lock is released: a few
 //! `writev`s, no task woken. A larger fan-out is left to the flushing task
-//! ([`Flusher`]). Every claim is written as one chunk in one `writev`, of at most
+//! (`Flusher`). Every claim is written as one chunk in one `writev`, of at most
 //! 64 frames or 64 KiB (as a subscriber task's writes).
 
 use std::collections::VecDeque;

@@ -40,7 +40,7 @@ pub enum RegistryError {
 ///
 /// A pattern subscription (`ci.*`, `*`) is kept under its prefix (`ci.`, ``). To
 /// deliver an event of stream `S` the registry looks up `S` by name and then each
-/// prefix of `S` whose length some pattern has ([`PrefixLengths`]): a few hash
+/// prefix of `S` whose length some pattern has (`PrefixLengths`): a few hash
 /// lookups per event however many pattern subscribers there are, never a scan.
 #[derive(Debug)]
 pub struct StreamRegistry {

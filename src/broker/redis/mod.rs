@@ -6,7 +6,7 @@
 //! its stream's history (a Redis Stream trimmed to the buffer size and age),
 //! records its idempotency key, and publishes a notification, atomically; with
 //! `min_replicas` it then waits (`WAIT`) until that many replicas hold it. Each
-//! node's [`listener`] subscribes to the channels of the streams its own
+//! node's `listener` subscribes to the channels of the streams its own
 //! subscribers need, receives notifications in id order on one connection, encodes
 //! each event once and feeds the local registry. `listen` waits for the channel
 //! subscription, `read` is one atomic script over several streams, so
@@ -17,7 +17,7 @@
 //! after subscribing, so none is missed across a reconnect.
 //!
 //! Faults: a node publishes and reads only through connections to a master it has
-//! verified ([`link`], [`verify`]); any connection failure drops them, and the
+//! verified (`link`, `verify`); any connection failure drops them, and the
 //! listener finds the master again (directly or through Sentinel) and verifies it.
 //! Meanwhile publishes answer 503 (not sent) and `/readyz` fails; a publish sent
 //! but not answered is 504 (outcome unknown). Connected subscribers stay
