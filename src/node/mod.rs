@@ -9,8 +9,9 @@
 //! patterns), the subject's and the node's slots, attach a bounded queue to the
 //! local registry, make the broker listen, read history, decide gaps
 //! ([`crate::history`]) or read the latest events, and hand back a
-//! [`Subscription`](crate::subscription::Subscription) whose seam drops what arrives twice. [`Node::position`] answers
-//! where a stream stands, for snapshot-then-subscribe.
+//! [`Subscription`](crate::subscription::Subscription) whose seam drops what
+//! arrives twice. [`Node::position`] answers where a stream stands, for
+//! snapshot-then-subscribe.
 //!
 //! **Revoke** ([`Node::revoke`]): stores a revocation through the broker (which
 //! carries it to the other nodes) and puts it in force here, ending the live
