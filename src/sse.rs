@@ -39,9 +39,13 @@ pub fn encode_event(id: EventId, event_type: Option<&EventType>, data: &str) -> 
 }
 
 /// The first bytes of every event stream: the reconnection delay and a comment,
-/// flushed at once so clients see the stream open.
-pub fn encode_preamble(retry: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n: connected\n\n", retry.as_millis()))
+/// flushed at once so clients see the stream open. Appended to `out` (the
+/// opening a new subscriber is sent) with `itoa`: `core::fmt` and its `String`
+/// were about 600 instructions of every new subscriber (callgrind).
+pub fn put_preamble(out: &mut BytesMut, retry: Duration) {
+    out.put_slice(b"retry: ");
+    out.put_slice(itoa::Buffer::new().format(retry.as_millis()).as_bytes());
+    out.put_slice(b"\n: connected\n\n");
 }
 
 /// A lone `retry:` line (and the blank line ending the record, which dispatches
@@ -297,7 +301,11 @@ mod tests {
 
     #[test]
     fn preamble_sets_retry_and_dispatches_nothing() {
-        let (events, retry) = parse(text(&encode_preamble(Duration::from_millis(2500))));
+        let mut preamble = BytesMut::new();
+        put_preamble(&mut preamble, Duration::from_millis(2500));
+        let preamble = preamble.freeze();
+        assert_eq!(&preamble[..], b"retry: 2500\n: connected\n\n");
+        let (events, retry) = parse(text(&preamble));
         assert!(events.is_empty());
         assert_eq!(retry, Some(2500));
     }

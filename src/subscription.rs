@@ -41,6 +41,10 @@ pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
 /// it soon (an `EventSource` that does is refused with 401 and stops for good).
 pub const REVOKED_RETRY: Duration = Duration::from_secs(3600);
 
+/// Room for the preamble (about 30 bytes) in the opening's one allocation; a gap
+/// notice or an expiry warning grows it.
+const OPENING_CAPACITY: usize = 64;
+
 /// Timing of an event stream.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamTiming {
@@ -137,7 +141,8 @@ impl Subscription {
             timing,
             slots,
         } = parts;
-        let mut opening = BytesMut::from(&sse::encode_preamble(timing.retry)[..]);
+        let mut opening = BytesMut::with_capacity(OPENING_CAPACITY);
+        sse::put_preamble(&mut opening, timing.retry);
         if !replay.gaps.is_empty() {
             opening.extend_from_slice(&sse::encode_gap_notice(&replay.gaps, replay.resumed_from));
             metrics::counter!(m::GAP_NOTICES).increment(1);
