@@ -43,15 +43,24 @@ pub fn encode_event(id: EventId, event_type: Option<&EventType>, data: &str) -> 
 /// opening a new subscriber is sent) with `itoa`: `core::fmt` and its `String`
 /// were about 600 instructions of every new subscriber (callgrind).
 pub fn put_preamble(out: &mut BytesMut, retry: Duration) {
-    out.put_slice(b"retry: ");
-    out.put_slice(itoa::Buffer::new().format(retry.as_millis()).as_bytes());
-    out.put_slice(b"\n: connected\n\n");
+    put_retry(out, retry);
+    out.put_slice(b": connected\n\n");
 }
 
 /// A lone `retry:` line (and the blank line ending the record, which dispatches
 /// nothing): sets the client's reconnection delay.
 pub fn encode_retry(retry: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n\n", retry.as_millis()))
+    let mut out = BytesMut::with_capacity(32);
+    put_retry(&mut out, retry);
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// The `retry:` line, in milliseconds.
+fn put_retry(out: &mut BytesMut, retry: Duration) {
+    out.put_slice(b"retry: ");
+    out.put_slice(itoa::Buffer::new().format(retry.as_millis()).as_bytes());
+    out.put_u8(b'\n');
 }
 
 /// The token-expiry warning: `event: token-expiring` with `{"exp":EXP}` and no
@@ -297,6 +306,15 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event_type, "token-expiring");
         assert_eq!(events[0].data, r#"{"exp":1767225600}"#);
+    }
+
+    #[test]
+    fn a_lone_retry_line_sets_retry_and_dispatches_nothing() {
+        let retry = encode_retry(Duration::from_secs(3600));
+        assert_eq!(&retry[..], b"retry: 3600000\n\n");
+        let (events, retry) = parse(text(&retry));
+        assert!(events.is_empty());
+        assert_eq!(retry, Some(3_600_000));
     }
 
     #[test]

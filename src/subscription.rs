@@ -375,7 +375,6 @@ impl Drop for Subscription {
     }
 }
 
-/// What a subscriber receives of `frame`: the record, or its envelope.
 /// Joins frames into one write without copying when there is only one.
 #[derive(Default)]
 struct ChunkBuilder {
