@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, Version};
 use axum::response::Response;
 
 /// The subject a request authenticated as, once known.
@@ -32,31 +33,48 @@ pub fn record_subject(sub: Option<&str>) {
     }
 }
 
-/// The access log (`log.access`), a step of the router's one middleware
-/// (`router::around_requests`). Costs nothing beyond a level check when the log's
-/// filter drops its lines (`level = "warn"`, or `access=warn`).
-pub async fn log_requests<F: Future<Output = Response>>(request: Request, next: impl FnOnce(Request) -> F) -> Response {
-    if !tracing::enabled!(target: "access", tracing::Level::INFO) {
-        return next(request).await;
+/// One request's access-log line (`log.access`), a step of the router's one
+/// middleware (`router::AroundRequests`). `None` when the log's filter drops its
+/// lines (`level = "warn"`, or `access=warn`): then it costs a level check.
+#[derive(Debug)]
+pub struct AccessEntry {
+    started: Instant,
+    subject: RequestSubject,
+    route: String,
+    method: Method,
+    version: Version,
+}
+
+impl AccessEntry {
+    pub fn start(request: &Request) -> Option<Self> {
+        if !tracing::enabled!(target: "access", tracing::Level::INFO) {
+            return None;
+        }
+        Some(Self {
+            started: Instant::now(),
+            subject: RequestSubject::default(),
+            route: request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned()),
+            method: request.method().clone(),
+            version: request.version(),
+        })
     }
-    let started = Instant::now();
-    let subject = RequestSubject::default();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let method = request.method().clone();
-    let version = request.version();
-    let response = SUBJECT.scope(subject.clone(), next(request)).await;
-    tracing::info!(
-        target: "access",
-        %method,
-        route,
-        status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        subject = subject.get(),
-        version = ?version,
-        "request"
-    );
-    response
+
+    /// Runs `routed` where [`record_subject`] reaches this entry, then writes the line.
+    pub async fn around(self, routed: impl Future<Output = Response>) -> Response {
+        let response = SUBJECT.scope(self.subject.clone(), routed).await;
+        tracing::info!(
+            target: "access",
+            method = %self.method,
+            route = self.route,
+            status = response.status().as_u16(),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            subject = self.subject.get(),
+            version = ?self.version,
+            "request"
+        );
+        response
+    }
 }

@@ -525,27 +525,40 @@ fn bounded_method(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// Counts requests by route template and times them to the response head: a step
-/// of the router's one middleware (`router::around_requests`).
-pub async fn track_http<F: Future<Output = Response>>(request: Request, next: impl FnOnce(Request) -> F) -> Response {
-    let started = Instant::now();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = bounded_method(request.method());
-    let response = next(request).await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let status = response.status().as_u16();
-    match series().http(method, route, status) {
-        Some(series) => {
-            series.requests.increment(1);
-            series.duration.record(elapsed);
-        }
-        None => {
-            let route = route.to_owned();
-            metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.to_string())
-                .increment(1);
-            metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method, "route" => route).record(elapsed);
+/// Counts a request by route template and times it to the response head: a step of
+/// the router's one middleware (`router::AroundRequests`). Started before the route
+/// runs, finished with its response.
+#[derive(Debug)]
+pub struct HttpTimer {
+    started: Instant,
+    method: &'static str,
+    route: Option<MatchedPath>,
+}
+
+impl HttpTimer {
+    pub fn start(request: &Request) -> Self {
+        Self {
+            started: Instant::now(),
+            method: bounded_method(request.method()),
+            route: request.extensions().get::<MatchedPath>().cloned(),
         }
     }
-    response
+
+    pub fn finish(self, response: &Response) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let (method, status) = (self.method, response.status().as_u16());
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        match series().http(method, route, status) {
+            Some(series) => {
+                series.requests.increment(1);
+                series.duration.record(elapsed);
+            }
+            None => {
+                let route = route.to_owned();
+                metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status.to_string())
+                    .increment(1);
+                metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method, "route" => route).record(elapsed);
+            }
+        }
+    }
 }

@@ -7,15 +7,17 @@
 //! is one middleware inside it; panics, tracing and CORS wrap the router once.
 
 use std::convert::Infallible;
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, Method, Response, header};
-use axum::middleware::Next;
 use axum::routing::{get, post};
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Either};
 use tower::util::BoxCloneSyncService;
-use tower::{Layer as _, ServiceBuilder, ServiceExt as _};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt as _};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -51,11 +53,12 @@ pub fn router(state: AppState) -> AppService {
         router = router.route("/metrics", get(api::metrics::render_metrics));
     }
     let cors = cors_layer(&state.config);
-    let access_log = AccessLog(state.config.log.access);
     let router = router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(access_log, around_requests))
+        .layer(AroundRequests {
+            access_log: state.config.log.access,
+        })
         .with_state(state);
     let service = ServiceBuilder::new()
         .layer(trace_layer())
@@ -69,24 +72,69 @@ pub fn router(state: AppState) -> AppService {
     }
 }
 
-/// Whether `log.access` is on.
+/// The router's one middleware, around every route: request metrics, the access log
+/// and the `Host` check (each step lives with its concern). A tower `Service` rather
+/// than `axum::middleware::from_fn`, which clones the inner route and boxes two
+/// futures per request; this runs the steps before the route synchronously and boxes
+/// one small future (bench/instructions.sh: per new subscriber, see docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy)]
-struct AccessLog(bool);
+struct AroundRequests {
+    access_log: bool,
+}
 
-/// Every request's metrics, access-log line (`log.access`) and `Host` check, as one
-/// layer inside the router (they need the route template).
-async fn around_requests(State(AccessLog(logged)): State<AccessLog>, request: Request, next: Next) -> Response<Body> {
-    metrics::track_http(request, async |request| {
-        if logged {
-            access_log::log_requests(request, async |request| {
-                api::require_one_host(request, async |request| next.run(request).await).await
-            })
-            .await
-        } else {
-            api::require_one_host(request, async |request| next.run(request).await).await
+impl<S> Layer<S> for AroundRequests {
+    type Service = AroundRequestsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AroundRequestsService {
+            inner,
+            access_log: self.access_log,
         }
-    })
-    .await
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AroundRequestsService<S> {
+    inner: S,
+    access_log: bool,
+}
+
+impl<S> Service<Request> for AroundRequestsService<S>
+where
+    S: Service<Request, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let timer = metrics::HttpTimer::start(&request);
+        let entry = if self.access_log {
+            access_log::AccessEntry::start(&request)
+        } else {
+            None
+        };
+        let routed = match api::host_rejection(&request) {
+            Some(rejection) => Either::Left(std::future::ready(rejection)),
+            None => Either::Right(self.inner.call(request).map(|response| match response {
+                Ok(response) => response,
+                Err(infallible) => match infallible {},
+            })),
+        };
+        Box::pin(async move {
+            let response = match entry {
+                Some(entry) => entry.around(routed).await,
+                None => routed.await,
+            };
+            timer.finish(&response);
+            Ok(response)
+        })
+    }
 }
 
 /// The router of the separate metrics listener (`metrics.addr`).

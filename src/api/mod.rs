@@ -28,16 +28,13 @@ use crate::state::AppState;
 
 /// RFC 9112 section 3.2: an HTTP/1.1 request without exactly one `Host` header is a
 /// bad request, on hyper's path and on the lean event-stream path alike.
-/// A step of the router's one middleware (`router::around_requests`).
-pub async fn require_one_host<F: Future<Output = Response>>(
-    request: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response {
-    if request.version() == Version::HTTP_11 && request.headers().get_all(HOST).iter().count() != 1 {
-        return ApiError::InvalidRequest("an HTTP/1.1 request needs exactly one Host header".to_owned())
-            .into_response();
-    }
-    next(request).await
+/// A step of the router's one middleware (`router::AroundRequests`): the response
+/// that refuses the request, if it must be refused.
+pub fn host_rejection(request: &Request) -> Option<Response> {
+    let one_host = request.version() != Version::HTTP_11 || request.headers().get_all(HOST).iter().count() == 1;
+    (!one_host).then(|| {
+        ApiError::InvalidRequest("an HTTP/1.1 request needs exactly one Host header".to_owned()).into_response()
+    })
 }
 
 /// Finds and verifies the request's token, and refuses it when revoked.
