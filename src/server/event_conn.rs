@@ -160,15 +160,20 @@ pub(super) async fn serve(
     router: AppService,
     client: ClientConnection,
 ) {
-    let mut request = *request;
     let closed = client.close_token().clone();
     let direct = Arc::new(DirectSocket::new(stream));
-    request
-        .extensions_mut()
-        .insert(client.with_direct_socket(Arc::clone(&direct)));
     // Boxed: the router's future is large and needed only until the response exists;
-    // outside this task's state it does not weigh on every open stream.
-    let response = match Box::pin(router.oneshot(request)).await {
+    // outside this task's state it does not weigh on every open stream. The request
+    // is moved in within a block for the same reason: a local of this function's
+    // scope would keep its 240 bytes in the state while the response is written.
+    let routed = {
+        let mut request = *request;
+        request
+            .extensions_mut()
+            .insert(client.with_direct_socket(Arc::clone(&direct)));
+        Box::pin(router.oneshot(request))
+    };
+    let response = match routed.await {
         Ok(response) => response,
         Err(infallible) => match infallible {},
     };

@@ -140,6 +140,12 @@ pub(super) async fn serve(
     Ok(())
 }
 
+/// One connection's task: every open event stream is one. Its future is kept small
+/// enough that the task (1,920 bytes with tokio's header and trailer, 2026-12-01)
+/// stays in jemalloc's 2 KiB size class rather than the 2.5 KiB one: 512 bytes less
+/// per open stream, and the class whose slabs `.cargo/config.toml` sizes for reuse
+/// after a reconnect storm. Large, short-lived state (the router's future, hyper's
+/// connection) is boxed for that reason.
 async fn serve_connection(
     mut stream: tokio::net::TcpStream,
     router: AppService,
