@@ -15,6 +15,7 @@ const EVENT_INTERVAL: u32 = 256;
 
 /// jemalloc: lower fragmentation with many small per-connection allocations, and it
 /// returns freed memory to the OS, so a node's RSS falls back after clients leave.
+/// Its slab sizes are set when it is built (`.cargo/config.toml`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

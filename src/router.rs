@@ -76,7 +76,8 @@ pub fn router(state: AppState) -> AppService {
 /// and the `Host` check (each step lives with its concern). A tower `Service` rather
 /// than `axum::middleware::from_fn`, which clones the inner route and boxes two
 /// futures per request; this runs the steps before the route synchronously and boxes
-/// one small future (bench/instructions.sh: per new subscriber, see docs/BENCHMARKS.md).
+/// one small future. Callgrind of 4,000 connects: the router's future 19.2k → 18.4k
+/// instructions per new subscriber, inclusive (docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy)]
 struct AroundRequests {
     access_log: bool,
