@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustc_hash::FxBuildHasher;
+
 use crate::auth::Claims;
 use crate::metrics as m;
 use crate::stream::{Ending, SubscriberQueue};
@@ -125,8 +127,9 @@ struct Inner {
 struct Group {
     live: Arc<Live>,
     /// The group's streams by subscriber id: their token's `iat`, and their queue,
-    /// through which a revocation ends them.
-    streams: HashMap<u64, (Option<u64>, SubscriberQueue)>,
+    /// through which a revocation ends them. Keyed by the registry's own sequence of
+    /// queue ids, which no client chooses: hashed with `FxHash`.
+    streams: HashMap<u64, (Option<u64>, SubscriberQueue), FxBuildHasher>,
 }
 
 /// What the streams of one target share: whether a revocation ended them.
@@ -282,7 +285,7 @@ fn join(inner: &mut Inner, target: Target, iat: Option<u64>, queue: &SubscriberQ
         token,
         ended_below: AtomicU64::new(0),
     });
-    let streams = HashMap::from([(queue.id(), (iat, queue.clone()))]);
+    let streams = std::iter::once((queue.id(), (iat, queue.clone()))).collect();
     inner.live.insert(
         target,
         Group {

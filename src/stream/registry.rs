@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
 use tokio_util::sync::CancellationToken;
 
 use super::flusher::{Claims, Flusher};
@@ -62,7 +63,8 @@ pub struct StreamRegistry {
 #[derive(Debug)]
 enum Subscribers {
     Few(Vec<SubscriberQueue>),
-    Many(IndexMap<u64, SubscriberQueue>),
+    /// Keyed by queue id, the registry's own sequence: hashed with `FxHash`.
+    Many(IndexMap<u64, SubscriberQueue, FxBuildHasher>),
 }
 
 /// Subscribers of one stream or pattern from which they are indexed. The index
@@ -81,7 +83,8 @@ impl Subscribers {
         match self {
             Self::Few(list) if list.len() < INDEXED_FROM => list.push(queue),
             Self::Few(list) => {
-                let mut indexed: IndexMap<u64, SubscriberQueue> = list.drain(..).map(|q| (q.id(), q)).collect();
+                let mut indexed: IndexMap<u64, SubscriberQueue, FxBuildHasher> =
+                    list.drain(..).map(|q| (q.id(), q)).collect();
                 indexed.insert(queue.id(), queue);
                 *self = Self::Many(indexed);
             }
