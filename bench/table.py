@@ -47,6 +47,8 @@ ROWS = [
     ("storm", "storm_ms", "storm: 5,000 resume after 100 missed, all caught up (ms)"),
     ("storm", "rss_growth_kib", "storm: server RSS growth, peak (KiB)"),
     ("fanout-100-2w", "server_cpu_pct", "2 workers: 1 stream x 1,000 subs, 100 ev/s: server CPU (% of a core)"),
+    ("fanout-100-2w", "cpu_per_100k", "2 workers: 1 stream x 1,000 subs, 100 ev/s: server CPU per 100k deliveries/s (%)"),
+    ("fanout-100-2w", "deliveries_per_s", "2 workers: 1 stream x 1,000 subs, 100 ev/s: deliveries/s achieved"),
     ("fanout-100-2w", "p99_us", "2 workers: 1 stream x 1,000 subs, 100 ev/s: latency p99 (µs)"),
     ("fanout-max-2w", "deliveries_per_s", "2 workers: 1 stream x 1,000 subs, max: deliveries/s"),
     ("fanout-max-2w", "p99_us", "2 workers: 1 stream x 1,000 subs, max: latency p99 (µs)"),
