@@ -40,7 +40,7 @@ pub fn record_subject(sub: Option<&str>) {
 pub struct AccessEntry {
     started: Instant,
     subject: RequestSubject,
-    route: String,
+    route: Option<MatchedPath>,
     method: Method,
     version: Version,
 }
@@ -53,10 +53,7 @@ impl AccessEntry {
         Some(Self {
             started: Instant::now(),
             subject: RequestSubject::default(),
-            route: request
-                .extensions()
-                .get::<MatchedPath>()
-                .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned()),
+            route: request.extensions().get::<MatchedPath>().cloned(),
             method: request.method().clone(),
             version: request.version(),
         })
@@ -68,7 +65,7 @@ impl AccessEntry {
         tracing::info!(
             target: "access",
             method = %self.method,
-            route = self.route,
+            route = crate::metrics::route_name(self.route.as_ref()),
             status = response.status().as_u16(),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             subject = self.subject.get(),

@@ -510,6 +510,11 @@ impl Series {
 /// and the node refreshes its gauges, so nothing grows between scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A request's route template, as its metrics and access-log line name it.
+pub fn route_name(route: Option<&MatchedPath>) -> &str {
+    route.map_or("unmatched", MatchedPath::as_str)
+}
+
 /// Standard methods by name; anything else as `other`, keeping the label bounded.
 fn bounded_method(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
@@ -547,7 +552,7 @@ impl HttpTimer {
     pub fn finish(self, response: &Response) {
         let elapsed = self.started.elapsed().as_secs_f64();
         let (method, status) = (self.method, response.status().as_u16());
-        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let route = route_name(self.route.as_ref());
         match series().http(method, route, status) {
             Some(series) => {
                 series.requests.increment(1);
